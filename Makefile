@@ -1,0 +1,43 @@
+# swiftcache — see README.md.
+#   make          build ./libswiftcache.so (release, Swift runtime linked in)
+#   make run      install what is missing, build, serve a 1G memory disk through the filter
+#   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
+#   make bench    C cache filter vs swiftcache, side by side (not part of check)
+
+SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
+SO          = libswiftcache.so
+SOURCES     = Package.swift $(shell find Sources -type f)
+
+.PHONY: all deps run check unit-test shell-test bench install clean
+
+all: $(SO)
+
+$(SO): $(SOURCES)
+	$(SWIFT_BUILD) --product swiftcache
+	cp "$$($(SWIFT_BUILD) --show-bin-path)/$(SO)" $@
+
+# Debian packages the filter and its tests need (installed only when missing).
+deps:
+	@./scripts/install-deps
+
+run: deps $(SO)
+	@./scripts/serve
+
+check: deps $(SO)
+	@./test-scripts/check
+
+unit-test:
+	swift test
+
+shell-test: $(SO)
+	./test-scripts/run.sh
+
+bench: deps $(SO)
+	./bench/run
+
+FILTERDIR = $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^filterdir=//p')
+install: $(SO)
+	install -D -m 0755 $(SO) $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+
+clean:
+	rm -rf .build $(SO)

@@ -1,0 +1,36 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "swiftcache",
+    products: [
+        // libswiftcache.so: the filter that nbdkit loads.
+        .library(name: "swiftcache", type: .dynamic, targets: ["SwiftCacheFilter"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // The installed <nbdkit-filter.h>, imported as-is so the filter table
+        // always matches the nbdkit that loads us.
+        .systemLibrary(name: "CNBDKit", pkgConfig: "nbdkit"),
+        // `int swiftcache_debug_verbose`, found by nbdkit with dlsym for
+        // `-D swiftcache.verbose=1` (Swift cannot export a C variable).
+        .target(name: "CSwiftCacheDebug"),
+        // mkostemp and fallocate, which need _GNU_SOURCE.
+        .target(name: "CLinux"),
+        // The cache itself: block map, LRU, cache file, request engine.
+        // Knows nothing of nbdkit.
+        .target(
+            name: "SwiftCacheCore",
+            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The C ABI: nbdkit callbacks, parameters and `next` adapted to the core.
+        .target(
+            name: "SwiftCacheFilter",
+            dependencies: ["CNBDKit", "CSwiftCacheDebug", "SwiftCacheCore",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(name: "SwiftCacheCoreTests", dependencies: ["SwiftCacheCore"]),
+    ]
+)

@@ -1,0 +1,10 @@
+#ifndef SWIFTCACHE_CLINUX_H
+#define SWIFTCACHE_CLINUX_H
+#include <stdint.h>
+/* GNU-only calls that Swift's Glibc module does not show (no _GNU_SOURCE). */
+
+/* mkostemp (template, O_CLOEXEC) */
+int swiftcache_mkostemp_cloexec (char *template_);
+/* fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) */
+int swiftcache_punch_hole (int fd, int64_t offset, int64_t length);
+#endif

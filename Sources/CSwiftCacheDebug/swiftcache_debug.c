@@ -1,0 +1,2 @@
+#include "swiftcache_debug.h"
+__attribute__((visibility("default"))) int swiftcache_debug_verbose = 0;

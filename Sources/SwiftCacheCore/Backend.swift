@@ -1,0 +1,41 @@
+import SystemPackage
+
+/// How the plugin below handles Forced Unit Access.
+public enum FUAMode: Sendable {
+    case none, emulate, native
+}
+
+/// One extent of block status, as the plugin reports it.
+public struct Extent: Equatable, Sendable {
+    public static let hole: UInt32 = 1
+    public static let zero: UInt32 = 2
+
+    public var offset: UInt64
+    public var length: UInt64
+    /// `hole` | `zero` bits, as in NBD block status.
+    public var type: UInt32
+
+    public init(offset: UInt64, length: UInt64, type: UInt32) {
+        self.offset = offset
+        self.length = length
+        self.type = type
+    }
+}
+
+/// What the cache needs of the layer below it (nbdkit's `next`, or an
+/// in-memory disk in the tests). Every call is for one connection; a
+/// backend may be used from several threads at once.
+public protocol Backend {
+    var canWrite: Bool { get }
+    var canFlush: Bool { get }
+    var canZero: Bool { get }
+    var fuaMode: FUAMode { get }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno)
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno)
+    func zero(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno)
+    func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno)
+    func flush() throws(Errno)
+    /// Block status from `offset` on, covering at least one byte.
+    func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent]
+}

@@ -1,0 +1,19 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import SystemPackage
+
+/// A heap buffer whose allocation failure is an error (ENOMEM), not a trap:
+/// block sizes come from the command line and requests from clients.
+final class Buffer {
+    let bytes: UnsafeMutableRawBufferPointer
+
+    init(count: Int) throws(Errno) {
+        guard let memory = malloc(Swift.max(count, 1)) else { throw .noMemory }
+        bytes = UnsafeMutableRawBufferPointer(start: memory, count: count)
+    }
+
+    deinit { free(bytes.baseAddress) }
+}

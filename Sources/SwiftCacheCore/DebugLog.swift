@@ -1,0 +1,17 @@
+/// Where per-block debug messages go (`-D swiftcache.verbose=1` in nbdkit).
+/// The message is only built when the flag is on.
+public struct DebugLog: Sendable {
+    let isOn: @Sendable () -> Bool
+    let emit: @Sendable (String) -> Void
+
+    public init(isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void) {
+        self.isOn = isOn
+        self.emit = emit
+    }
+
+    public static let off = DebugLog(isOn: { false }, emit: { _ in })
+
+    func callAsFunction(_ message: @autoclosure () -> String) {
+        if isOn() { emit(message()) }
+    }
+}

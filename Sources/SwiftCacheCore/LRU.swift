@@ -1,0 +1,70 @@
+/// Least-recently-used order for reclaim, in two bit planes (2 bits a block).
+///
+/// A touched block is marked in `recent`. When `recent` holds a generation's
+/// worth of blocks, it becomes `older` and a new generation starts. Reclaim
+/// takes blocks in neither plane first, then blocks only in `older`, then any
+/// block: a coarse LRU that costs 2 bits a block instead of a list node.
+struct LRU {
+    private var recent: BitPlane
+    private var older: BitPlane
+    private var recentCount: UInt64 = 0
+    private let generationSize: UInt64
+    /// Where the last victim search stopped, so successive searches spread out.
+    private var hand: UInt64 = 0
+
+    init(blocks: UInt64, generationSize: UInt64) {
+        recent = BitPlane(count: blocks)
+        older = BitPlane(count: blocks)
+        self.generationSize = Swift.max(generationSize, 1)
+    }
+
+    mutating func resize(to blocks: UInt64) {
+        recent.resize(to: blocks)
+        older.resize(to: blocks)
+        if hand >= blocks { hand = 0 }
+    }
+
+    mutating func touch(_ blocks: Range<UInt64>) {
+        for block in blocks where !recent[block] {
+            recent[block] = true
+            recentCount += 1
+            if recentCount >= generationSize {
+                swap(&recent, &older)
+                recent.clearAll()
+                recentCount = 0
+            }
+        }
+    }
+
+    mutating func forget(_ block: UInt64) {
+        if recent[block] {
+            recent[block] = false
+            recentCount -= 1
+        }
+        older[block] = false
+    }
+
+    /// The least recently used cached block that `isEvictable` accepts.
+    mutating func victim(cached: BitPlane, isEvictable: (UInt64) -> Bool) -> UInt64? {
+        let words = cached.words.count
+        guard words > 0 else { return nil }
+        let startWord = Int(hand >> 6) % words
+        for pass in 0..<3 {
+            for step in 0..<words {
+                let i = (startWord + step) % words
+                var candidates = cached.words[i]
+                if pass < 2 { candidates &= ~recent.words[i] }
+                if pass < 1 { candidates &= ~older.words[i] }
+                while candidates != 0 {
+                    let block = UInt64(i) << 6 + UInt64(candidates.trailingZeroBitCount)
+                    candidates &= candidates - 1
+                    if isEvictable(block) {
+                        hand = block + 1
+                        return block
+                    }
+                }
+            }
+        }
+        return nil
+    }
+}

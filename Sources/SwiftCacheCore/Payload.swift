@@ -1,0 +1,49 @@
+import SystemPackage
+
+/// The bytes of a write request: the client's data, or zeroes (NBD_CMD_WRITE_ZEROES).
+enum Payload {
+    case data(UnsafeRawBufferPointer)
+    case zeroes(count: UInt64)
+
+    var count: UInt64 {
+        switch self {
+        case .data(let bytes): UInt64(bytes.count)
+        case .zeroes(let count): count
+        }
+    }
+
+    /// Bytes `range` of the payload (relative to its start) to the cache file at `offset`.
+    func store(_ range: Range<UInt64>, in file: CacheFile, at offset: UInt64) throws(CacheError) {
+        guard !range.isEmpty else { return }
+        switch self {
+        case .data(let bytes):
+            try file.write(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]), at: offset)
+        case .zeroes:
+            try file.zero(at: offset, length: UInt64(range.count))
+        }
+    }
+
+    /// The whole payload to the plugin at `offset`, in requests of at most `maxTransfer`.
+    func send(to backend: some Backend, at offset: UInt64, fua: Bool, maxTransfer: UInt64) throws(Errno) {
+        switch self {
+        case .data(let bytes):
+            var done: UInt64 = 0
+            while done < count {
+                let n = min(count - done, maxTransfer)
+                try backend.write(UnsafeRawBufferPointer(rebasing: bytes[Int(done)..<Int(done + n)]), at: offset + done, fua: fua)
+                done += n
+            }
+        case .zeroes(let count) where backend.canZero:
+            try backend.zero(count: count, at: offset, fua: fua)
+        case .zeroes(let count):
+            let zeroes = try Buffer(count: Int(min(count, maxTransfer)))
+            zeroes.bytes.initializeMemory(as: UInt8.self, repeating: 0)
+            var done: UInt64 = 0
+            while done < count {
+                let n = min(count - done, maxTransfer)
+                try backend.write(UnsafeRawBufferPointer(rebasing: zeroes.bytes[..<Int(n)]), at: offset + done, fua: fua)
+                done += n
+            }
+        }
+    }
+}

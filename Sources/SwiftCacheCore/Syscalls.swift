@@ -1,0 +1,71 @@
+// Thin, typed wrappers over the few C calls swift-system does not cover.
+// Errors come back as `Errno`; EINTR is retried here and nowhere else.
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CLinux
+import SystemPackage
+
+/// Runs a C call returning -1/errno until it does not fail with EINTR.
+@inline(__always)
+func retryingOnInterrupt<T: FixedWidthInteger>(_ call: () -> T) throws(Errno) -> T {
+    while true {
+        let result = call()
+        if result != -1 { return result }
+        let code = Errno(rawValue: errno)
+        if code != .interrupted { throw code }
+    }
+}
+
+extension FileDescriptor {
+    /// Creates a file in `directory` with `mkostemp(O_CLOEXEC)` and returns
+    /// its descriptor and path.
+    static func makeTemporary(in directory: String, prefix: String) throws(Errno) -> (FileDescriptor, String) {
+        var template = Array("\(directory)/\(prefix)XXXXXX".utf8CString)
+        let fd = try retryingOnInterrupt { template.withUnsafeMutableBufferPointer { swiftcache_mkostemp_cloexec($0.baseAddress!) } }
+        return (FileDescriptor(rawValue: fd), String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self))
+    }
+
+    /// Frees the storage of a byte range, which then reads as zeroes.
+    func punchHole(at offset: UInt64, length: UInt64) throws(Errno) {
+        _ = try retryingOnInterrupt {
+            swiftcache_punch_hole(rawValue, Int64(truncatingIfNeeded: offset), Int64(truncatingIfNeeded: length))
+        }
+    }
+
+    /// `pread` until the buffer is full; bytes past end of file read as zeroes.
+    func readAll(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
+        var done = 0
+        while done < buffer.count {
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            let n: Int
+            do {
+                n = try read(fromAbsoluteOffset: Int64(offset) + Int64(done), into: rest)
+            } catch {
+                throw error as? Errno ?? .ioError
+            }
+            if n == 0 {
+                rest.initializeMemory(as: UInt8.self, repeating: 0)
+                return
+            }
+            done += n
+        }
+    }
+
+    /// `pwrite` until every byte is written.
+    func writeAll(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(Errno) {
+        do {
+            _ = try writeAll(toAbsoluteOffset: Int64(offset), buffer)
+        } catch {
+            throw error as? Errno ?? .ioError
+        }
+    }
+}
+
+/// Whether a file exists (for `cache-on-read=/PATH`, checked per request).
+func fileExists(_ path: String) -> Bool {
+    access(path, F_OK) == 0
+}

@@ -1,0 +1,209 @@
+import CNBDKit
+import SwiftCacheCore
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// nbdkit's callbacks, each adapting C arguments to one call on the core.
+enum Callbacks {
+    typealias Next = UnsafeMutablePointer<nbdkit_next_ops>?
+    typealias Handle = UnsafeMutableRawPointer?
+
+    // MARK: Configuration
+
+    static let config: @convention(c) (
+        (@convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Int32)?,
+        OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?
+    ) -> Int32 = { next, backend, key, value in
+        guard let key, let value else { return -1 }
+        switch SwiftCacheFilter.shared.configure(key: String(cString: key), value: String(cString: value)) {
+        case .handled: return 0
+        case .failed: return -1
+        case .notOurs: return next?(backend, key, value) ?? -1
+        }
+    }
+
+    static let configComplete: @convention(c) (
+        (@convention(c) (OpaquePointer?) -> Int32)?, OpaquePointer?
+    ) -> Int32 = { next, backend in
+        guard Parameters.check(SwiftCacheFilter.shared.settings) else { return -1 }
+        return next?(backend) ?? -1
+    }
+
+    static let getReady: @convention(c) (Int32) -> Int32 = { _ in
+        SwiftCacheFilter.shared.getReady() ? 0 : -1
+    }
+
+    static let unload: @convention(c) () -> Void = {
+        SwiftCacheFilter.shared.unload()
+    }
+
+    // MARK: Connections
+
+    static let open: @convention(c) (
+        (@convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?) -> Int32)?,
+        OpaquePointer?, Int32, UnsafePointer<CChar>?, Int32
+    ) -> UnsafeMutableRawPointer? = { next, context, readonly, exportName, _ in
+        guard let next, next(context, readonly, exportName) != -1 else { return nil }
+        guard let engine = SwiftCacheFilter.shared.currentEngine else {
+            Log.error("swiftcache: the cache is not ready")
+            return nil
+        }
+        return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
+    }
+
+    static let close: @convention(c) (Handle) -> Void = { handle in
+        guard let handle else { return }
+        Unmanaged<Connection>.fromOpaque(handle).release()
+    }
+
+    /// Reads the plugin's size and capabilities once, before any request.
+    static let prepare: @convention(c) (Next, Handle, Int32) -> Int32 = { next, handle, readonly in
+        guard let next else { return -1 }
+        let connection = Connection.from(handle)
+        let size = next.pointee.get_size(next)
+        guard size >= 0 else { return -1 }
+        do { try connection.engine.setExportSize(UInt64(size)) } catch {
+            Log.error("swiftcache: \(error)")
+            return -1
+        }
+        var capabilities = PluginCapabilities()
+        let canWrite = next.pointee.can_write(next)
+        let canFlush = next.pointee.can_flush(next)
+        let canZero = next.pointee.can_zero(next)
+        let canFUA = next.pointee.can_fua(next)
+        guard canWrite >= 0, canFlush >= 0, canZero >= 0, canFUA >= 0 else { return -1 }
+        capabilities.canWrite = canWrite == 1
+        capabilities.canFlush = canFlush == 1
+        capabilities.canZero = canZero != NBDKIT_ZERO_NONE
+        capabilities.fuaMode = canFUA == NBDKIT_FUA_NATIVE ? .native : canFUA == NBDKIT_FUA_EMULATE ? .emulate : .none
+        connection.capabilities = capabilities
+        return 0
+    }
+
+    // MARK: What the client sees
+
+    static let blockSize: @convention(c) (
+        Next, Handle, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?
+    ) -> Int32 = { next, handle, minimum, preferred, maximum in
+        guard let next, let minimum, let preferred, let maximum,
+              next.pointee.block_size(next, minimum, preferred, maximum) != -1 else { return -1 }
+        let cacheBlock = UInt32(clamping: Connection.from(handle).engine.blockSize)
+        if minimum.pointee == 0 {
+            // The plugin sets no constraints: suggest whole cache blocks.
+            minimum.pointee = 1
+            preferred.pointee = cacheBlock
+            maximum.pointee = 0xffff_ffff
+        } else if maximum.pointee >= cacheBlock {
+            preferred.pointee = max(preferred.pointee, cacheBlock)
+        }
+        return 0
+    }
+
+    static let canFlush: @convention(c) (Next, Handle) -> Int32 = { next, handle in
+        Connection.from(handle).engine.config.mode == .unsafe ? 1 : next!.pointee.can_flush(next)
+    }
+
+    static let canFUA: @convention(c) (Next, Handle) -> Int32 = { next, handle in
+        Connection.from(handle).engine.config.mode == .unsafe ? NBDKIT_FUA_NATIVE : next!.pointee.can_fua(next)
+    }
+
+    /// One cache serves every connection and a flush writes back every dirty
+    /// block whoever wrote it, so multi-conn holds unless writes go straight
+    /// to the plugin (writethrough), where only the plugin can promise it.
+    static let canMultiConn: @convention(c) (Next, Handle) -> Int32 = { next, handle in
+        Connection.from(handle).engine.config.mode == .writethrough ? next!.pointee.can_multi_conn(next) : 1
+    }
+
+    /// Zeroes are handled by the cache, whatever the plugin does.
+    static let canZero: @convention(c) (Next, Handle) -> Int32 = { _, _ in NBDKIT_ZERO_NATIVE }
+    /// FAST_ZERO always fails at once, which is a valid fast answer.
+    static let canFastZero: @convention(c) (Next, Handle) -> Int32 = { _, _ in 1 }
+    static let canCache: @convention(c) (Next, Handle) -> Int32 = { _, _ in NBDKIT_CACHE_NATIVE }
+
+    // MARK: Data
+
+    /// Runs a data request: on failure, logs it and hands nbdkit the errno.
+    private static func serve(_ err: UnsafeMutablePointer<Int32>?, _ body: () throws(CacheError) -> Void) -> Int32 {
+        do {
+            try body()
+            return 0
+        } catch {
+            if error.errno == .notSupported {
+                Log.debug("swiftcache: \(error)")
+            } else {
+                Log.error("swiftcache: \(error)")
+            }
+            // `.cache` may come with no err pointer (the readahead filter).
+            err?.pointee = error.errno.rawValue == 0 ? EIO : error.errno.rawValue
+            return -1
+        }
+    }
+
+    static let pread: @convention(c) (
+        Next, Handle, UnsafeMutableRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
+    ) -> Int32 = { next, handle, buffer, count, offset, _, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            try connection.engine.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: Int(count)),
+                                       at: offset, backend: connection.backend(next))
+        }
+    }
+
+    static let pwrite: @convention(c) (
+        Next, Handle, UnsafeRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
+    ) -> Int32 = { next, handle, buffer, count, offset, flags, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            try connection.engine.write(UnsafeRawBufferPointer(start: buffer, count: Int(count)), at: offset,
+                                        fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0, backend: connection.backend(next))
+        }
+    }
+
+    static let zero: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
+        next, handle, count, offset, flags, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
+                                       fastZero: flags & UInt32(NBDKIT_FLAG_FAST_ZERO) != 0, backend: connection.backend(next))
+        }
+    }
+
+    static let trim: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
+        next, handle, count, offset, flags, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            try connection.engine.trim(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
+                                       backend: connection.backend(next))
+        }
+    }
+
+    static let flush: @convention(c) (Next, Handle, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
+        next, handle, _, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in try connection.engine.flush(backend: connection.backend(next)) }
+    }
+
+    static let extents: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, OpaquePointer?, UnsafeMutablePointer<Int32>?) -> Int32 = {
+        next, handle, count, offset, flags, list, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            let extents = try connection.engine.extents(count: UInt64(count), at: offset,
+                                                        onlyOne: flags & UInt32(NBDKIT_FLAG_REQ_ONE) != 0,
+                                                        backend: connection.backend(next))
+            for extent in extents where nbdkit_add_extent(list, extent.offset, extent.length, extent.type) == -1 {
+                throw CacheError(Errno(rawValue: errno), "adding an extent")
+            }
+        }
+    }
+
+    static let cache: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
+        next, handle, count, offset, _, err in
+        let connection = Connection.from(handle)
+        return serve(err) { () throws(CacheError) in
+            try connection.engine.cache(count: UInt64(count), at: offset, backend: connection.backend(next))
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import CNBDKit
+import Synchronization
+import SwiftCacheCore
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The one filter instance, created when nbdkit loads us: the parameters
+/// while nbdkit configures, then the cache shared by every connection.
+final class SwiftCacheFilter: Sendable {
+    static let shared = SwiftCacheFilter()
+
+    private let config = Mutex(CacheConfig())
+    private let engine = Mutex<Engine?>(nil)
+
+    func configure(key: String, value: String) -> Parameters.Outcome {
+        config.withLock { Parameters.apply(key: key, value: value, to: &$0) }
+    }
+
+    var settings: CacheConfig { config.withLock { $0 } }
+
+    /// Creates the cache file in $TMPDIR (default /var/tmp) before nbdkit
+    /// serves anything, so a bad TMPDIR stops start-up.
+    func getReady() -> Bool {
+        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
+        do {
+            let file = try CacheFile(directory: directory)
+            let created = Engine(config: settings, file: file, debug: Log.verbose)
+            Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), cache file in \(directory)")
+            engine.withLock { $0 = created }
+            return true
+        } catch {
+            Log.error("swiftcache: \(error)")
+            return false
+        }
+    }
+
+    var currentEngine: Engine? { engine.withLock { $0 } }
+
+    func unload() { engine.withLock { $0 = nil } }
+}
+
+/// Per-connection handle: the shared cache and what this connection's
+/// plugin context can do.
+final class Connection: @unchecked Sendable {
+    let engine: Engine
+    /// Set once in `.prepare`, before any request on the connection.
+    var capabilities = PluginCapabilities()
+
+    init(engine: Engine) { self.engine = engine }
+
+    static func from(_ handle: UnsafeMutableRawPointer?) -> Connection {
+        Unmanaged<Connection>.fromOpaque(handle!).takeUnretainedValue()
+    }
+
+    func backend(_ next: UnsafeMutablePointer<nbdkit_next_ops>?) -> NextBackend {
+        NextBackend(next: next!, capabilities: capabilities)
+    }
+}

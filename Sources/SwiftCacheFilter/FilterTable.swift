@@ -1,0 +1,60 @@
+import CNBDKit
+
+/// The filter table: the table of contents of the whole filter. Everything
+/// not listed here (get_size, can_write, can_trim, can_extents, ...) is the
+/// plugin's own.
+enum FilterTable {
+    nonisolated(unsafe) static let table: UnsafeMutablePointer<nbdkit_filter> = {
+        var filter = nbdkit_filter()
+        filter._api_version = NBDKIT_FILTER_API_VERSION
+        filter._version = swiftcache_nbdkit_version()
+        filter.name = cString("swiftcache")
+        filter.longname = cString("swiftcache: a block cache written in Swift")
+        filter.description = cString("""
+            Caches the plugin's blocks in a local sparse file, like nbdkit's cache
+            filter, without losing dirty data to reclaim and with block status
+            that never hides cached data.
+            """)
+        filter.config_help = cString(Parameters.help)
+
+        filter.unload = Callbacks.unload                  // Filter.swift
+        filter.config = Callbacks.config                  // Parameters.swift
+        filter.config_complete = Callbacks.configComplete
+        filter.get_ready = Callbacks.getReady             // creates the cache file
+
+        filter.open = Callbacks.open                      // per-connection handle
+        filter.close = Callbacks.close
+        filter.prepare = Callbacks.prepare                // export size, plugin capabilities
+
+        filter.block_size = Callbacks.blockSize           // capabilities: SPEC §3
+        filter.can_flush = Callbacks.canFlush
+        filter.can_fua = Callbacks.canFUA
+        filter.can_multi_conn = Callbacks.canMultiConn
+        filter.can_zero = Callbacks.canZero
+        filter.can_fast_zero = Callbacks.canFastZero
+        filter.can_cache = Callbacks.canCache
+
+        filter.pread = Callbacks.pread                    // ReadPath.swift
+        filter.cache = Callbacks.cache
+        filter.pwrite = Callbacks.pwrite                  // WritePath.swift
+        filter.zero = Callbacks.zero
+        filter.trim = Callbacks.trim
+        filter.flush = Callbacks.flush                    // Flush.swift
+        filter.extents = Callbacks.extents                // Extents.swift
+
+        let table = UnsafeMutablePointer<nbdkit_filter>.allocate(capacity: 1)
+        table.initialize(to: filter)
+        return table
+    }()
+
+    private static func cString(_ text: StaticString) -> UnsafePointer<CChar> {
+        UnsafeRawPointer(text.utf8Start).assumingMemoryBound(to: CChar.self)
+    }
+}
+
+/// nbdkit's entry point: the filter table, built against the installed
+/// <nbdkit-filter.h> so the API and version always match.
+@_cdecl("filter_init")
+public func filterInit() -> UnsafeMutableRawPointer {
+    UnsafeMutableRawPointer(FilterTable.table)
+}

@@ -1,0 +1,17 @@
+import CNBDKit
+import CSwiftCacheDebug
+import SwiftCacheCore
+
+/// nbdkit's logging is variadic, so we call its va_list forms with "%s".
+enum Log {
+    static func error(_ message: String) {
+        message.withCString { text in withVaList([text]) { nbdkit_verror("%s", $0) } }
+    }
+
+    static func debug(_ message: String) {
+        message.withCString { text in withVaList([text]) { nbdkit_vdebug("%s", $0) } }
+    }
+
+    /// Per-block messages, on with `-D swiftcache.verbose=1`.
+    static let verbose = DebugLog(isOn: { swiftcache_verbose() != 0 }, emit: { debug("swiftcache: \($0)") })
+}

@@ -1,0 +1,79 @@
+import CNBDKit
+import SwiftCacheCore
+
+/// The filter's parameters: names, defaults and checks as nbdkit's cache
+/// filter has them, parsed with nbdkit's own rules.
+enum Parameters {
+    static let help: StaticString = """
+        cache=writeback|writethrough|unsafe
+                                    Set cache mode, default writeback.
+        cache-min-block-size=SIZE   Minimum size of a cache block
+                                    (power of 2, >= 4096, default 64K).
+        cache-max-size=SIZE         Set maximum space used by the cache (>= 1M).
+        cache-high-threshold=PCT    Percentage of max size where reclaim
+                                    begins (default 95).
+        cache-low-threshold=PCT     Percentage of max size where reclaim
+                                    ends (default 80).
+        cache-on-read=true|false|/PATH
+                                    Set to true to cache on reads, or to an
+                                    absolute path to cache on reads while
+                                    that file exists (default false).
+        """
+
+    enum Outcome { case handled, notOurs, failed }
+
+    /// Applies one `key=value`; keys that are not ours go to the plugin.
+    static func apply(key: String, value: String, to config: inout CacheConfig) -> Outcome {
+        switch key {
+        case "cache":
+            guard let mode = CacheMode(rawValue: value) else {
+                return fail("cache=\(value): must be writeback, writethrough or unsafe")
+            }
+            config.mode = mode
+        case "cache-min-block-size":
+            let size = nbdkit_parse_size(value)
+            guard size != -1 else { return fail("cache-min-block-size=\(value): not a size") }
+            guard size >= 4096, size <= Int64(UInt32.max), size.nonzeroBitCount == 1 else {
+                return fail("cache-min-block-size=\(value): must be a power of 2, at least 4096 and at most 4G-1")
+            }
+            config.minBlockSize = UInt64(size)
+        case "cache-max-size":
+            let size = nbdkit_parse_size(value)
+            guard size != -1 else { return fail("cache-max-size=\(value): not a size") }
+            guard size >= 1 << 20 else { return fail("cache-max-size=\(value): too small, must be at least 1M") }
+            config.maxSize = UInt64(size)
+        case "cache-high-threshold", "cache-low-threshold":
+            var percent: UInt32 = 0
+            guard nbdkit_parse_unsigned(key, value, &percent) != -1 else {
+                return fail("\(key)=\(value): not an unsigned integer")
+            }
+            guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
+            if key == "cache-high-threshold" { config.highThreshold = UInt64(percent) } else { config.lowThreshold = UInt64(percent) }
+        case "cache-on-read":
+            if value.hasPrefix("/") {
+                config.cacheOnRead = .whilePathExists(value)
+            } else {
+                let on = nbdkit_parse_bool(value)
+                guard on != -1 else { return fail("cache-on-read=\(value): must be true, false or an absolute /PATH") }
+                config.cacheOnRead = on == 1 ? .always : .never
+            }
+        default:
+            return .notOurs
+        }
+        return .handled
+    }
+
+    /// Checks that need every parameter.
+    static func check(_ config: CacheConfig) -> Bool {
+        if config.maxSize != nil && config.lowThreshold >= config.highThreshold {
+            Log.error("swiftcache: cache-low-threshold (\(config.lowThreshold)) must be less than cache-high-threshold (\(config.highThreshold)) when cache-max-size is set")
+            return false
+        }
+        return true
+    }
+
+    private static func fail(_ message: String) -> Outcome {
+        Log.error("swiftcache: \(message)")
+        return .failed
+    }
+}

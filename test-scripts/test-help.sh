@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# swiftcache help text (SPEC §1: "nbdkit --filter=... null --help prints
+# its parameters").  EXPECTED TO FAIL against the C cache filter: its
+# help text does not mention cache-min-block-size.
+#
+# Every parameter must appear in the filter's own section of --help
+# (between the "filter:" header and the "plugin:" header).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+nbdkit --filter="$FILTER" null --help >"$tmp/help" 2>&1 ||
+    { cat "$tmp/help" >&2; fail "nbdkit --filter=... null --help failed"; }
+sed -n '/^filter:/,/^plugin:/p' "$tmp/help" >"$tmp/section"
+[ -s "$tmp/section" ] || { cat "$tmp/help" >&2; fail "no filter section in --help output"; }
+sed 's/^/    | /' "$tmp/section" >&2
+
+for p in cache cache-min-block-size cache-max-size cache-high-threshold \
+         cache-low-threshold cache-on-read; do
+    if grep -Eq "(^|[^a-z-])$p=" "$tmp/section"; then
+        ok "help mentions $p="
+    else
+        bad "help text does not mention $p="
+    fi
+done
+# The three modes and the cache-on-read forms.
+for w in writeback writethrough unsafe; do
+    grep -q "$w" "$tmp/section" || bad "help text does not mention mode $w"
+done
+finish

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The filter loads into nbdkit and serves data: with the null plugin
+# (--run true), with the memory plugin (a write/read round trip), and
+# with every cache mode.  Passes against the C filter too.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+nbdkit_captive --filter="$FILTER" null --run true ||
+    fail "nbdkit --filter=$FILTER null --run true failed"
+ok "loads with the null plugin"
+
+nbdkit_captive --filter="$FILTER" null 1M --run 'nbdinfo "$uri"' >"$tmp/info" ||
+    fail "nbdinfo through the filter failed"
+grep -q 'export-size: 1048576' "$tmp/info" || { cat "$tmp/info"; fail "nbdinfo: wrong size"; }
+ok "nbdinfo sees the export size"
+
+for mode in writeback writethrough unsafe; do
+    nbdkit_captive --filter="$FILTER" memory 16M cache=$mode --run '
+        nbdsh -u "$uri" -c "
+data = bytes(range(256)) * 512
+h.pwrite(data, 65536 * 3 + 17)
+assert h.pread(len(data), 65536 * 3 + 17) == data
+assert h.pread(17, 65536 * 3) == bytes(17)
+h.flush()
+assert h.get_size() == 16 * 1024 * 1024
+"' || fail "round trip in cache=$mode failed"
+    ok "round trip in cache=$mode"
+done
+
+# The filter must not leave a cache file behind in TMPDIR (it is unlinked
+# at once).
+left=$(find "$cachedir" -mindepth 1 -maxdepth 1 -type f | wc -l)
+[ "$left" -eq 0 ] || { ls -la "$cachedir"; fail "files left behind in TMPDIR"; }
+ok "no cache file left in TMPDIR"
