@@ -24,7 +24,7 @@ run: deps $(SO)
 	@./scripts/serve
 
 check: deps $(SO)
-	@./test-scripts/check
+	@./scripts/check
 
 unit-test:
 	swift test

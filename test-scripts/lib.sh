@@ -245,3 +245,16 @@ for line in open(sys.argv[1]):
           int(f.get("fua", "0"), 0))
 EOF_PY
 }
+
+# wait_alloc_le PID LIMIT -> print the cache file's allocated size once it
+# is <= LIMIT, or the last value seen after 10 s (a reclaim that runs in
+# the background gets time to finish; the caller compares the result).
+wait_alloc_le() {
+    local p=$1 limit=$2 a i
+    for i in $(seq 1 100); do
+        a=$(cache_file_alloc "$p")
+        [ "$a" -le "$limit" ] && break
+        sleep 0.1
+    done
+    echo "$a"
+}

@@ -29,7 +29,7 @@ h.shutdown()
 open(sys.argv[2], "wb").write(data)
 EOF_PY
 py "$tmp/write.py" "$uri" "$tmp/written" || fail "writes failed"
-alloc=$(cache_file_alloc "$pid")
+alloc=$(wait_alloc_le "$pid" $((1048576 + 65536)))
 log "cache file allocated size after 8 MiB of writes: $alloc"
 [ "$alloc" -le $((1048576 + 65536)) ] ||
     bad "cache file allocated size $alloc > 1M + 64K after the writes"
@@ -61,7 +61,7 @@ if py "$tmp/check.py" "$uri" "$disk" "$tmp/written"; then
 else
     bad "data lost with cache-max-size=1M"
 fi
-alloc=$(cache_file_alloc "$pid")
+alloc=$(wait_alloc_le "$pid" $((1048576 + 65536)))
 log "cache file allocated size at the end: $alloc"
 [ "$alloc" -le $((1048576 + 65536)) ] ||
     bad "cache file allocated size $alloc > 1M + 64K at the end"

@@ -14,4 +14,10 @@ public struct DebugLog: Sendable {
     func callAsFunction(_ message: @autoclosure () -> String) {
         if isOn() { emit(message()) }
     }
+
+    /// One message per block: "<what> block N".
+    func blocks(_ what: String, _ blocks: some Sequence<UInt64>) {
+        guard isOn() else { return }
+        for block in blocks { emit("\(what) block \(block)") }
+    }
 }

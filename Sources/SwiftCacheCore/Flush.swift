@@ -42,7 +42,7 @@ extension Engine {
                     try writeBack(sub, exportSize: exportSize, staging: staging!, backend: backend)
                     state.withLock { $0.blocks.set(sub, to: .clean) }
                 } catch {
-                    debug("write back blocks \(sub) failed: \(error)")
+                    debug("write back of blocks \(sub) failed: \(error)")
                     firstError = firstError ?? error
                 }
             }
@@ -56,10 +56,10 @@ extension Engine {
     func writeBack(_ blocks: Range<UInt64>, exportSize: UInt64, staging: Buffer, backend: some Backend) throws(CacheError) {
         let span = bytes(of: blocks, exportSize: exportSize)
         let data = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[..<span.count])
-        debug("write back blocks \(blocks)")
+        debug.blocks("write back", blocks)
         try file.read(into: data, at: span.lowerBound)
         do {
-            try backend.write(UnsafeRawBufferPointer(data), at: span.lowerBound, fua: false)
+            try writeInPieces(UnsafeRawBufferPointer(data), to: backend, at: span.lowerBound, fua: false, maxTransfer: Engine.maxTransfer)
         } catch {
             throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound) (write back)")
         }

@@ -27,12 +27,7 @@ enum Payload {
     func send(to backend: some Backend, at offset: UInt64, fua: Bool, maxTransfer: UInt64) throws(Errno) {
         switch self {
         case .data(let bytes):
-            var done: UInt64 = 0
-            while done < count {
-                let n = min(count - done, maxTransfer)
-                try backend.write(UnsafeRawBufferPointer(rebasing: bytes[Int(done)..<Int(done + n)]), at: offset + done, fua: fua)
-                done += n
-            }
+            try writeInPieces(bytes, to: backend, at: offset, fua: fua, maxTransfer: maxTransfer)
         case .zeroes(let count) where backend.canZero:
             try backend.zero(count: count, at: offset, fua: fua)
         case .zeroes(let count):
@@ -45,5 +40,16 @@ enum Payload {
                 done += n
             }
         }
+    }
+}
+
+/// A plugin write of any length, in requests of at most `maxTransfer`.
+func writeInPieces(_ bytes: UnsafeRawBufferPointer, to backend: some Backend, at offset: UInt64,
+                   fua: Bool, maxTransfer: UInt64) throws(Errno) {
+    var done = 0
+    while done < bytes.count {
+        let n = min(bytes.count - done, Int(maxTransfer))
+        try backend.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: offset + UInt64(done), fua: fua)
+        done += n
     }
 }

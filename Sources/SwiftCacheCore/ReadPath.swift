@@ -36,14 +36,14 @@ extension Engine {
             let run = cursor..<runEnd
             let span = bytes(of: run, exportSize: exportSize).clamped(to: request)
             if isCached {
-                debug("read blocks \(run) from the cache")
+                debug.blocks("read from the cache:", run)
                 if let buffer {
                     try file.read(into: slice(buffer, span, of: request), at: span.lowerBound)
                 }
             } else if keep {
                 try fill(run, into: buffer, request: request, done: locked.lowerBound, exportSize: exportSize, backend: backend)
             } else if let buffer {
-                debug("read blocks \(run) from the plugin")
+                debug.blocks("read from the plugin:", run)
                 try readPlugin(into: slice(buffer, span, of: request), at: span.lowerBound, backend: backend)
             }
             cursor = runEnd
@@ -60,7 +60,7 @@ extension Engine {
             let wanted = min(run.upperBound - next, max(1, Engine.maxTransfer >> blockShift))
             let chunk = next..<next + headroom(upTo: wanted)
             let span = bytes(of: chunk, exportSize: exportSize)
-            debug("fill blocks \(chunk) from the plugin")
+            debug.blocks("cache from the plugin:", chunk)
             // Whole blocks inside the request go straight into the client's buffer.
             if let buffer, span.clamped(to: request) == span {
                 let target = slice(buffer, span, of: request)

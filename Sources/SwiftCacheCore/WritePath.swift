@@ -58,7 +58,7 @@ extension Engine {
             let chunk = next..<next + headroom(upTo: locked.upperBound - next)
             let before = state.withLock { s in chunk.map { s.blocks[$0] } }
             for edge in edges where chunk.contains(edge) && before[Int(edge - chunk.lowerBound)] == .notCached {
-                debug("write: read-modify-write block \(edge)")
+                debug.blocks("read-modify-write:", [edge])
                 let span = bytes(of: edge..<edge + 1, exportSize: exportSize)
                 let staging = try allocate(span.count)
                 try readPlugin(into: staging.bytes, at: span.lowerBound, backend: backend)
@@ -72,7 +72,7 @@ extension Engine {
                 drop(chunk.filter { before[Int($0 - chunk.lowerBound)] == .clean })
                 throw error
             }
-            debug("write blocks \(chunk) to the cache (dirty)")
+            debug.blocks("write to the cache (dirty):", chunk)
             mark(chunk, .dirty)
             next = chunk.upperBound
             reclaimIfNeeded(owned: locked.lowerBound..<next, backend: backend)
@@ -86,7 +86,7 @@ extension Engine {
     private func storeThrough(_ payload: Payload, at offset: UInt64, locked: Range<UInt64>, fua: Bool,
                               exportSize: UInt64, backend: some Backend) throws(CacheError) {
         let request = offset..<offset + payload.count
-        debug("write blocks \(locked) through to the plugin")
+        debug.blocks("write through to the plugin:", locked)
         do {
             try payload.send(to: backend, at: offset, fua: fua, maxTransfer: Engine.maxTransfer)
         } catch {
@@ -145,7 +145,7 @@ extension Engine {
                 return st == .clean || (st == .dirty && failure == nil && !isPartial(block, request, exportSize: exportSize))
             }
         }
-        debug("trim: drop blocks \(stale)")
+        debug.blocks("trim: drop", stale)
         drop(stale)
         unlock(locked, exclusive: true)
         if let failure { throw failure }
