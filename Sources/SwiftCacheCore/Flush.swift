@@ -17,6 +17,10 @@ extension Engine {
     }
 
     private func writeBackAll(backend: some Backend) -> CacheError? {
+        // nbdkit forbids writing to the plugin through a read-only context.
+        guard backend.canWrite else {
+            return dirtyBlockCount == 0 ? nil : CacheError(.readOnlyFileSystem, "cannot write back dirty blocks through a read-only connection")
+        }
         let runLimit = max(1, Engine.maxTransfer >> blockShift)
         var firstError: CacheError?
         var staging: Buffer?

@@ -165,9 +165,16 @@ enum Callbacks {
     static let zero: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
         next, handle, count, offset, flags, err in
         let connection = Connection.from(handle)
+        let fastZero = flags & UInt32(NBDKIT_FLAG_FAST_ZERO) != 0
         return serve(err) { () throws(CacheError) in
-            try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
-                                       fastZero: flags & UInt32(NBDKIT_FLAG_FAST_ZERO) != 0, backend: connection.backend(next))
+            do throws(CacheError) {
+                try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
+                                           fastZero: fastZero, backend: connection.backend(next))
+            } catch {
+                // nbdkit only allows ENOTSUP from .zero for FAST_ZERO.
+                let unsupported = error.errno == .notSupported || error.errno == .notSupportedOnSocket
+                throw fastZero || !unsupported ? error : CacheError(.ioError, error.description)
+            }
         }
     }
 
