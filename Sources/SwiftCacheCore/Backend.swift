@@ -25,11 +25,13 @@ public struct Extent: Equatable, Sendable {
 /// What the cache needs of the layer below it (nbdkit's `next`, or an
 /// in-memory disk in the tests). Every call is for one connection; a
 /// backend may be used from several threads at once.
-public protocol Backend {
+public protocol Backend: Sendable {
     var canWrite: Bool { get }
     var canFlush: Bool { get }
     var canZero: Bool { get }
     var fuaMode: FUAMode { get }
+    /// The plugin's largest request (its block size maximum), if it has one.
+    var maximumRequest: UInt64 { get }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno)
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno)
@@ -38,4 +40,8 @@ public protocol Backend {
     func flush() throws(Errno)
     /// Block status from `offset` on, covering at least one byte.
     func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent]
+}
+
+extension Backend {
+    public var maximumRequest: UInt64 { Engine.maxTransfer }
 }

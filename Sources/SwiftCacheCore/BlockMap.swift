@@ -4,18 +4,27 @@ public enum BlockState: Sendable, Equatable {
     case notCached
     /// The cache file holds the same bytes as the plugin.
     case clean
-    /// The cache file holds newer bytes than the plugin.
+    /// The cache file holds the whole block, newer than the plugin.
     case dirty
+    /// The cache file holds some byte ranges of the block, newer than the
+    /// plugin; the rest is only in the plugin (see `HeldRanges`).
+    case partial
 }
 
-/// The state of every block in two bit planes (2 bits a block): `cached`
-/// and `dirty` (dirty implies cached). Counts are kept so that an empty
-/// flush and the size checks of reclaim cost nothing.
+/// The state of every block in two bit planes (2 bits a block):
+/// `cached` and `dirty`; dirty without cached is a partial block, whose held
+/// ranges are kept aside (only for such blocks, and at most
+/// `partialLimit` of them). Counts are kept so that an empty flush and the
+/// size checks of reclaim cost nothing.
 struct BlockMap {
     private(set) var cached: BitPlane
     private(set) var dirty: BitPlane
     private(set) var cachedCount: UInt64 = 0
     private(set) var dirtyCount: UInt64 = 0
+    private(set) var partials: [UInt64: HeldRanges] = [:]
+
+    /// Beyond this many partial blocks, partial writes read the block first.
+    static let partialLimit = 1 << 16
 
     init(blocks: UInt64) {
         cached = BitPlane(count: blocks)
@@ -24,17 +33,22 @@ struct BlockMap {
 
     var blockCount: UInt64 { cached.count }
 
+    /// Blocks with storage in the cache file (whole or partial).
+    var occupiedCount: UInt64 { cachedCount + UInt64(partials.count) }
+
     mutating func resize(to blocks: UInt64) {
         for block in Swift.min(blocks, blockCount)..<blockCount { self[block] = .notCached }
         cached.resize(to: blocks)
         dirty.resize(to: blocks)
     }
 
+    /// Setting `.partial` is for `hold(_:in:length:)`, which records the ranges.
     subscript(block: UInt64) -> BlockState {
-        get { dirty[block] ? .dirty : cached[block] ? .clean : .notCached }
+        get { dirty[block] ? (cached[block] ? .dirty : .partial) : (cached[block] ? .clean : .notCached) }
         set {
             let wasCached = cached[block], wasDirty = dirty[block]
-            let isCached = newValue != .notCached, isDirty = newValue == .dirty
+            let isCached = newValue == .clean || newValue == .dirty
+            let isDirty = newValue == .dirty || newValue == .partial
             if wasCached != isCached {
                 cached[block] = isCached
                 if isCached { cachedCount += 1 } else { cachedCount -= 1 }
@@ -43,6 +57,7 @@ struct BlockMap {
                 dirty[block] = isDirty
                 if isDirty { dirtyCount += 1 } else { dirtyCount -= 1 }
             }
+            if newValue != .partial { partials[block] = nil }
         }
     }
 
@@ -50,7 +65,41 @@ struct BlockMap {
         for block in blocks { self[block] = state }
     }
 
-    /// The next run of dirty blocks at or after `from`, at most `limit` long.
+    /// The ranges a partial block holds.
+    func held(_ block: UInt64) -> HeldRanges? { partials[block] }
+
+    /// Whether `range` of a not-cached or partial block can be kept as a
+    /// partial block without passing the limits.
+    func canHold(_ range: Range<UInt32>, in block: UInt64) -> Bool {
+        if let held = partials[block] { return held.inserting(range).ranges.count <= HeldRanges.limit }
+        return partials.count < BlockMap.partialLimit
+    }
+
+    /// Records that a not-cached or partial block now also holds `range`;
+    /// a block whose first `length` bytes are all held becomes dirty.
+    mutating func hold(_ range: Range<UInt32>, in block: UInt64, length: UInt32) {
+        var held = partials[block] ?? HeldRanges(range)
+        held.insert(range)
+        if held.covers(length) {
+            self[block] = .dirty
+        } else {
+            partials[block] = held
+            self[block] = .partial
+        }
+    }
+
+    /// The first partial block in `blocks`, if any.
+    func firstPartial(in blocks: Range<UInt64>) -> UInt64? {
+        guard !partials.isEmpty else { return nil }
+        var from = blocks.lowerBound
+        while let block = dirty.firstSet(from: from, to: blocks.upperBound) {
+            if !cached[block] { return block }
+            from = block + 1
+        }
+        return nil
+    }
+
+    /// The next run of dirty or partial blocks at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
         guard dirtyCount > 0, let start = dirty.firstSet(from: from, to: blockCount) else { return nil }
         let end = dirty.firstClear(from: start, to: Swift.min(blockCount, start + limit))

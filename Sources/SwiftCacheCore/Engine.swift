@@ -17,6 +17,9 @@ public final class Engine: @unchecked Sendable {
     let blockShift: UInt64
     let file: CacheFile
     let debug: DebugLog
+    /// How many write-back requests may be in flight at once (1 unless
+    /// nbdkit's final thread model is parallel).
+    let writeBackThreads: Int
     let state: ConditionLock<State>
 
     struct State {
@@ -28,8 +31,9 @@ public final class Engine: @unchecked Sendable {
         var reclaiming = false
     }
 
-    public init(config: CacheConfig, file: CacheFile, debug: DebugLog = .off) {
+    public init(config: CacheConfig, file: CacheFile, debug: DebugLog = .off, writeBackThreads: Int = 1) {
         self.config = config
+        self.writeBackThreads = max(1, writeBackThreads)
         self.file = file
         self.debug = debug
         let blockSize = max(config.minBlockSize, file.fileSystemBlockSize)
@@ -63,7 +67,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Bytes of the cache file holding blocks, as reclaim counts them.
-    public var cachedBytes: UInt64 { state.withLock { $0.blocks.cachedCount } << blockShift }
+    public var cachedBytes: UInt64 { state.withLock { $0.blocks.occupiedCount } << blockShift }
 
     public var dirtyBlockCount: UInt64 { state.withLock { $0.blocks.dirtyCount } }
 

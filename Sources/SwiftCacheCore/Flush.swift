@@ -1,9 +1,10 @@
 import SystemPackage
 
 /// flush: every block dirty when the flush starts is written back to the
-/// plugin, one plugin request per run of dirty blocks, then the plugin is
-/// flushed. A block that fails to write back stays dirty; the flush reports
-/// the first error.
+/// plugin, then the plugin is flushed. Write-back sends one plugin request
+/// per run of dirty blocks, and several runs at once when nbdkit's thread
+/// model allows. A block that fails to write back stays dirty; the flush
+/// reports the first error.
 extension Engine {
     public func flush(backend: some Backend) throws(CacheError) {
         guard config.mode != .unsafe else { return }
@@ -21,49 +22,85 @@ extension Engine {
         guard backend.canWrite else {
             return dirtyBlockCount == 0 ? nil : CacheError(.readOnlyFileSystem, "cannot write back dirty blocks through a read-only connection")
         }
-        let runLimit = max(1, Engine.maxTransfer >> blockShift)
-        var firstError: CacheError?
-        var staging: Buffer?
+        let runLimit = max(1, min(Engine.maxTransfer, backend.maximumRequest) >> blockShift)
+        let firstError = ConditionLock<CacheError?>(nil)
         var cursor: UInt64 = 0
-        while let run = state.withLock({ $0.blocks.nextDirtyRun(from: cursor, limit: runLimit) }) {
-            // Shared: readers may go on; writers and reclaim wait for us.
-            lock(run, exclusive: false)
-            let (dirtyRuns, exportSize) = state.withLock { s in
+        while true {
+            // Runs in batches, so memory stays small however scattered the dirty blocks.
+            let batch: [Range<UInt64>] = state.withLock { s in
                 var runs: [Range<UInt64>] = []
-                var from = run.lowerBound
-                while let sub = s.blocks.nextDirtyRun(from: from, limit: run.upperBound - from) {
-                    runs.append(sub)
-                    from = sub.upperBound
-                    if from >= run.upperBound { break }
+                while runs.count < 1024, let run = s.blocks.nextDirtyRun(from: cursor, limit: runLimit) {
+                    runs.append(run)
+                    cursor = run.upperBound
                 }
-                return (runs, s.exportSize)
+                return runs
             }
-            for sub in dirtyRuns {
-                do {
-                    if staging == nil {
-                        staging = try allocate(Int(min(runLimit << blockShift, exportSize)))
-                    }
-                    try writeBack(sub, exportSize: exportSize, staging: staging!, backend: backend)
-                    state.withLock { $0.blocks.set(sub, to: .clean) }
-                } catch {
-                    debug("write back of blocks \(sub) failed: \(error)")
-                    firstError = firstError ?? error
+            guard !batch.isEmpty else { break }
+            concurrently(batch.count, threads: writeBackThreads) { i in
+                self.lock(batch[i], exclusive: true)
+                if let error = self.writeBackHeld(batch[i], backend: backend) {
+                    firstError.withLock { $0 = $0 ?? error }
                 }
+                self.unlock(batch[i], exclusive: true)
             }
-            unlock(run, exclusive: false)
-            cursor = run.upperBound
+        }
+        return firstError.withLock { $0 }
+    }
+
+    /// Writes back the dirty and partial blocks of `blocks` (held
+    /// exclusively). A partial block holding one range writes just that and
+    /// leaves the cache; one holding more is completed from the plugin first
+    /// (one read, then it joins the run) — whichever costs fewer requests.
+    func writeBackHeld(_ blocks: Range<UInt64>, backend: some Backend) -> CacheError? {
+        var firstError: CacheError?
+        let (exportSize, partials) = state.withLock { s in
+            (s.exportSize, blocks.compactMap { block in s.blocks.held(block).map { (block, $0) } })
+        }
+        for (block, held) in partials {
+            do throws(CacheError) {
+                if held.ranges.count == 1 {
+                    let start = block << blockShift
+                    let range = held.ranges[0]
+                    try writeBack(start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound), backend: backend)
+                    drop([block])
+                } else {
+                    try complete(block, exportSize: exportSize, backend: backend)
+                }
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        let dirtyRuns = state.withLock { s in
+            var runs: [Range<UInt64>] = []
+            var from = blocks.lowerBound
+            while from < blocks.upperBound {
+                guard let start = s.blocks.dirty.firstSet(from: from, to: blocks.upperBound) else { break }
+                let end = min(s.blocks.dirty.firstClear(from: start, to: blocks.upperBound),
+                              s.blocks.cached.firstClear(from: start, to: blocks.upperBound))
+                if end > start { runs.append(start..<end) }
+                from = max(end, start + 1)
+            }
+            return runs
+        }
+        for run in dirtyRuns {
+            do throws(CacheError) {
+                try writeBack(bytes(of: run, exportSize: exportSize), backend: backend)
+                debug.blocks("written back:", run)
+                state.withLock { $0.blocks.set(run, to: .clean) }
+            } catch {
+                firstError = firstError ?? error
+            }
         }
         return firstError
     }
 
-    /// Copies dirty `blocks` (held by the caller) from the cache file to the plugin.
-    func writeBack(_ blocks: Range<UInt64>, exportSize: UInt64, staging: Buffer, backend: some Backend) throws(CacheError) {
-        let span = bytes(of: blocks, exportSize: exportSize)
-        let data = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[..<span.count])
-        debug.blocks("write back", blocks)
-        try file.read(into: data, at: span.lowerBound)
+    /// Copies bytes `span` from the cache file to the plugin.
+    private func writeBack(_ span: Range<UInt64>, backend: some Backend) throws(CacheError) {
+        let staging = try allocate(span.count)
+        try file.read(into: staging.bytes, at: span.lowerBound)
         do {
-            try writeInPieces(UnsafeRawBufferPointer(data), to: backend, at: span.lowerBound, fua: false, maxTransfer: Engine.maxTransfer)
+            try writeInPieces(UnsafeRawBufferPointer(staging.bytes), to: backend, at: span.lowerBound, fua: false,
+                              maxTransfer: min(Engine.maxTransfer, backend.maximumRequest))
         } catch {
             throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound) (write back)")
         }

@@ -44,15 +44,16 @@ struct LRU {
         older[block] = false
     }
 
-    /// The least recently used cached block that `isEvictable` accepts.
-    mutating func victim(cached: BitPlane, isEvictable: (UInt64) -> Bool) -> UInt64? {
-        let words = cached.words.count
+    /// The least recently used block of `blocks` with storage (whole or
+    /// partial) that `isEvictable` accepts.
+    mutating func victim(_ blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> UInt64? {
+        let words = blocks.cached.words.count
         guard words > 0 else { return nil }
         let startWord = Int(hand >> 6) % words
         for pass in 0..<3 {
             for step in 0..<words {
                 let i = (startWord + step) % words
-                var candidates = cached.words[i]
+                var candidates = blocks.cached.words[i] | blocks.dirty.words[i]
                 if pass < 2 { candidates &= ~recent.words[i] }
                 if pass < 1 { candidates &= ~older.words[i] }
                 while candidates != 0 {

@@ -18,12 +18,21 @@ extension Engine {
         let exportSize = try checkBounds(offset: offset, count: count)
         let locked = blocks(covering: offset, count: count)
         let request = offset..<offset + count
-        // Readers share blocks; filling a block from the plugin needs it alone.
+        // Readers share blocks; filling a block from the plugin, or completing
+        // a partial one, needs it alone.
         let exclusive = lock(locked, exclusiveIf: { s in
-            keep && s.blocks.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound
+            s.blocks.firstPartial(in: locked) != nil
+                || (keep && s.blocks.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
         })
         defer { unlock(locked, exclusive: exclusive) }
         if config.maxSize != nil { state.withLock { $0.lru.touch(locked) } }
+        // A partial block's held bytes are newer than the plugin's: read the
+        // rest once, and the block is whole (and dirty) from then on.
+        if exclusive {
+            while let block = state.withLock({ $0.blocks.firstPartial(in: locked) }) {
+                try complete(block, exportSize: exportSize, backend: backend)
+            }
+        }
 
         // While the blocks are held, whether each is cached cannot change.
         var cursor = locked.lowerBound
@@ -57,7 +66,7 @@ extension Engine {
                       done: UInt64, exportSize: UInt64, backend: some Backend) throws(CacheError) {
         var next = run.lowerBound
         while next < run.upperBound {
-            let wanted = min(run.upperBound - next, max(1, Engine.maxTransfer >> blockShift))
+            let wanted = min(run.upperBound - next, max(1, min(Engine.maxTransfer, backend.maximumRequest) >> blockShift))
             let chunk = next..<next + headroom(upTo: wanted)
             let span = bytes(of: chunk, exportSize: exportSize)
             debug.blocks("cache from the plugin:", chunk)
@@ -87,7 +96,7 @@ extension Engine {
     func readPlugin(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, backend: some Backend) throws(CacheError) {
         var done = 0
         while done < buffer.count {
-            let n = min(buffer.count - done, Int(Engine.maxTransfer))
+            let n = min(buffer.count - done, Int(min(Engine.maxTransfer, backend.maximumRequest)))
             do {
                 try backend.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]), at: offset + UInt64(done))
             } catch {

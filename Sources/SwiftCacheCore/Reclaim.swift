@@ -11,37 +11,31 @@ extension Engine {
     func reclaimIfNeeded(owned: Range<UInt64>, backend: some Backend) {
         guard let high = highThresholdBytes, let low = lowThresholdBytes else { return }
         let start = state.withLock { s in
-            guard !s.reclaiming, s.blocks.cachedCount << blockShift > high else { return false }
+            guard !s.reclaiming, s.blocks.occupiedCount << blockShift > high else { return false }
             s.reclaiming = true
             return true
         }
         guard start else { return }
         defer { state.update { $0.reclaiming = false } }
 
-        var staging: Buffer?
         while true {
-            let pick: (block: UInt64, state: BlockState, exportSize: UInt64)? = state.withLock { s in
-                guard s.blocks.cachedCount << blockShift > low else { return nil }
+            let pick: (block: UInt64, state: BlockState)? = state.withLock { s in
+                guard s.blocks.occupiedCount << blockShift > low else { return nil }
                 let locks = s.locks
                 let canWrite = backend.canWrite
                 let dirty = s.blocks.dirty
-                guard let block = s.lru.victim(cached: s.blocks.cached, isEvictable: { block in
+                guard let block = s.lru.victim(s.blocks, isEvictable: { block in
                     (owned.contains(block) || !locks.isLocked(block)) && (canWrite || !dirty[block])
                 }) else { return nil }
                 if !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
-                return (block, s.blocks[block], s.exportSize)
+                return (block, s.blocks[block])
             }
             guard let pick else { return }
             let victim = pick.block..<pick.block + 1
             var written = true
-            if pick.state == .dirty {
-                do {
-                    if staging == nil { staging = try allocate(Int(blockSize)) }
-                    try writeBack(victim, exportSize: pick.exportSize, staging: staging!, backend: backend)
-                } catch {
-                    debug("reclaim: keeping dirty block \(pick.block): \(error)")
-                    written = false
-                }
+            if pick.state == .dirty || pick.state == .partial, let error = writeBackHeld(victim, backend: backend) {
+                debug("reclaim: keeping dirty block \(pick.block): \(error)")
+                written = false
             }
             if written {
                 debug("reclaim block \(pick.block)")

@@ -2,10 +2,12 @@ import SystemPackage
 
 /// pwrite, zero and trim.
 ///
-/// writeback and unsafe keep written blocks as dirty; writethrough (and a
-/// FUA write in writeback) send the client's bytes to the plugin first and
-/// keep clean copies. Either way, state only changes once the bytes are where
-/// the state says: a failed call never leaves new data marked clean.
+/// writeback and unsafe keep written blocks as dirty, and a write never
+/// reads the plugin: a block written in part is kept as a partial block.
+/// writethrough (and a FUA write in writeback) send the client's bytes to
+/// the plugin first and keep clean copies. Either way, state only changes
+/// once the bytes are where the state says: a failed call never leaves new
+/// data marked clean.
 extension Engine {
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool, backend: some Backend) throws(CacheError) {
         try store(.data(data), at: offset, fua: fua, backend: backend)
@@ -26,100 +28,111 @@ extension Engine {
         // a flush after the write (one flush instead of one per block).
         let flushAfter = requestedFUA && (config.mode == .unsafe || backend.fuaMode != .native)
         let fua = requestedFUA && !flushAfter
-        let locked = blocks(covering: offset, count: count)
-        lock(locked, exclusive: true)
+        let write = BlockWrite(engine: self, request: offset..<offset + count, exportSize: exportSize)
+        lock(write.locked, exclusive: true)
         do {
             if config.mode == .writethrough || fua {
-                try storeThrough(payload, at: offset, locked: locked, fua: fua, exportSize: exportSize, backend: backend)
+                try storeThrough(payload, write, fua: fua, backend: backend)
             } else {
-                try storeBack(payload, at: offset, locked: locked, exportSize: exportSize, backend: backend)
+                try storeBack(payload, write, backend: backend)
             }
         } catch {
-            unlock(locked, exclusive: true)
+            unlock(write.locked, exclusive: true)
             throw error
         }
-        unlock(locked, exclusive: true)
+        unlock(write.locked, exclusive: true)
         if flushAfter { try flush(backend: backend) }
     }
 
-    /// Whether `block` is only partly inside `request`.
-    private func isPartial(_ block: UInt64, _ request: Range<UInt64>, exportSize: UInt64) -> Bool {
-        bytes(of: block..<block + 1, exportSize: exportSize).clamped(to: request) != bytes(of: block..<block + 1, exportSize: exportSize)
-    }
-
-    /// writeback/unsafe: the blocks become dirty in the cache. A partial block
-    /// the cache does not hold is first read from the plugin.
-    private func storeBack(_ payload: Payload, at offset: UInt64, locked: Range<UInt64>,
-                           exportSize: UInt64, backend: some Backend) throws(CacheError) {
-        let request = offset..<offset + payload.count
-        let edges = Set([locked.lowerBound, locked.upperBound - 1].filter { isPartial($0, request, exportSize: exportSize) })
-        var next = locked.lowerBound
-        while next < locked.upperBound {
-            let chunk = next..<next + headroom(upTo: locked.upperBound - next)
+    /// writeback/unsafe: the blocks become dirty in the cache; a block the
+    /// write covers only in part and the cache does not hold whole becomes
+    /// (or stays) partial, unless that would pass the partial limits, in
+    /// which case it is completed from the plugin first.
+    private func storeBack(_ payload: Payload, _ write: BlockWrite, backend: some Backend) throws(CacheError) {
+        var next = write.locked.lowerBound
+        while next < write.locked.upperBound {
+            let chunk = next..<next + headroom(upTo: write.locked.upperBound - next)
             let before = state.withLock { s in chunk.map { s.blocks[$0] } }
-            for edge in edges where chunk.contains(edge) && before[Int(edge - chunk.lowerBound)] == .notCached {
-                debug.blocks("read-modify-write:", [edge])
-                let span = bytes(of: edge..<edge + 1, exportSize: exportSize)
-                let staging = try allocate(span.count)
-                try readPlugin(into: staging.bytes, at: span.lowerBound, backend: backend)
-                try file.write(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound)
+            var partial: [UInt64] = []
+            for edge in write.edges where chunk.contains(edge) {
+                let edgeState = before[Int(edge - chunk.lowerBound)]
+                guard edgeState == .notCached || edgeState == .partial else { continue }
+                if state.withLock({ $0.blocks.canHold(write.part(of: edge), in: edge) }) {
+                    partial.append(edge)
+                } else {
+                    try complete(edge, exportSize: write.exportSize, backend: backend)
+                }
             }
-            let span = bytes(of: chunk, exportSize: exportSize).clamped(to: request)
+            let span = write.bytes(of: chunk)
             do {
-                try payload.store((span.lowerBound - offset)..<(span.upperBound - offset), in: file, at: span.lowerBound)
+                try payload.store(write.payloadRange(span), in: file, at: span.lowerBound)
             } catch {
                 // Clean copies may now hold some new bytes: they no longer match the plugin.
                 drop(chunk.filter { before[Int($0 - chunk.lowerBound)] == .clean })
                 throw error
             }
             debug.blocks("write to the cache (dirty):", chunk)
-            mark(chunk, .dirty)
+            state.withLock { s in
+                for block in chunk {
+                    if partial.contains(block) {
+                        s.blocks.hold(write.part(of: block), in: block, length: write.length(of: block))
+                    } else {
+                        s.blocks[block] = .dirty
+                    }
+                }
+                if config.maxSize != nil { s.lru.touch(chunk) }
+            }
             next = chunk.upperBound
-            reclaimIfNeeded(owned: locked.lowerBound..<next, backend: backend)
+            reclaimIfNeeded(owned: write.locked.lowerBound..<next, backend: backend)
         }
     }
 
     /// writethrough, or FUA: the plugin gets the client's bytes as they are,
     /// then cached copies are brought up to date. Wholly written blocks become
-    /// clean copies; a partly written block is updated only if already cached
-    /// (no plugin read is needed for it).
-    private func storeThrough(_ payload: Payload, at offset: UInt64, locked: Range<UInt64>, fua: Bool,
-                              exportSize: UInt64, backend: some Backend) throws(CacheError) {
-        let request = offset..<offset + payload.count
-        debug.blocks("write through to the plugin:", locked)
+    /// clean copies; a partly written block is updated only if the cache
+    /// holds it (whole or partial), so no plugin read is needed.
+    private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend) throws(CacheError) {
+        debug.blocks("write through to the plugin:", write.locked)
         do {
-            try payload.send(to: backend, at: offset, fua: fua, maxTransfer: Engine.maxTransfer)
+            try payload.send(to: backend, at: write.request.lowerBound, fua: fua, maxTransfer: min(Engine.maxTransfer, backend.maximumRequest))
         } catch {
             // The plugin may hold part of the new bytes: clean copies are suspect.
-            let suspect = state.withLock { s in locked.filter { s.blocks[$0] == .clean } }
+            let suspect = state.withLock { s in write.locked.filter { s.blocks[$0] == .clean } }
             drop(suspect)
-            throw CacheError(error, "plugin write of \(payload.count) bytes at \(offset)")
+            throw CacheError(error, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
         }
-        var first = locked.lowerBound, end = locked.upperBound
-        let held = state.withLock { s in (s.blocks.cached[first], s.blocks.cached[end - 1]) }
-        if isPartial(first, request, exportSize: exportSize) && !held.0 { first += 1 }
-        if end > first && isPartial(end - 1, request, exportSize: exportSize) && !held.1 { end -= 1 }
+        let skipped = state.withLock { s in write.edges.filter { s.blocks[$0] == .notCached } }
+        var first = write.locked.lowerBound, end = write.locked.upperBound
+        if skipped.contains(first) { first += 1 }
+        if end > first && skipped.contains(end - 1) { end -= 1 }
         var next = first
         while next < end {
             let chunk = next..<next + headroom(upTo: end - next)
-            let span = bytes(of: chunk, exportSize: exportSize).clamped(to: request)
+            let span = write.bytes(of: chunk)
             do {
-                try payload.store((span.lowerBound - offset)..<(span.upperBound - offset), in: file, at: span.lowerBound)
+                try payload.store(write.payloadRange(span), in: file, at: span.lowerBound)
             } catch {
-                // Keep only dirty blocks the write covered in part: their other
-                // bytes exist nowhere else. Everything else reads from the plugin.
+                // Keep only dirty or partial blocks the write covered in part:
+                // their other bytes exist nowhere else. The rest reads from the plugin.
                 let stale = state.withLock { s in
-                    chunk.filter { s.blocks[$0] != .dirty || !isPartial($0, request, exportSize: exportSize) }
+                    chunk.filter { s.blocks[$0] == .clean || s.blocks[$0] == .notCached || !write.edges.contains($0) }
                 }
                 drop(stale)
                 throw error
             }
             state.withLock { s in
-                for block in chunk where !isPartial(block, request, exportSize: exportSize) { s.blocks[block] = .clean }
+                for block in chunk {
+                    if !write.edges.contains(block) {
+                        s.blocks[block] = .clean
+                    } else if s.blocks[block] == .partial {
+                        // The new bytes match the plugin, but the block as a whole does not.
+                        s.blocks.hold(write.part(of: block), in: block, length: write.length(of: block))
+                    }
+                }
                 if config.maxSize != nil { s.lru.touch(chunk) }
             }
             next = chunk.upperBound
-            reclaimIfNeeded(owned: locked.lowerBound..<next, backend: backend)
+            reclaimIfNeeded(owned: write.locked.lowerBound..<next, backend: backend)
         }
     }
 
@@ -130,9 +143,8 @@ extension Engine {
         guard count > 0 else { return }
         let exportSize = try checkBounds(offset: offset, count: count)
         let flushAfter = requestedFUA && (config.mode == .unsafe || backend.fuaMode != .native)
-        let request = offset..<offset + count
-        let locked = blocks(covering: offset, count: count)
-        lock(locked, exclusive: true)
+        let write = BlockWrite(engine: self, request: offset..<offset + count, exportSize: exportSize)
+        lock(write.locked, exclusive: true)
         var failure: CacheError?
         do {
             try backend.trim(count: count, at: offset, fua: requestedFUA && !flushAfter)
@@ -140,15 +152,82 @@ extension Engine {
             failure = CacheError(error, "plugin trim of \(count) bytes at \(offset)")
         }
         let stale = state.withLock { s in
-            locked.filter { block in
-                let st = s.blocks[block]
-                return st == .clean || (st == .dirty && failure == nil && !isPartial(block, request, exportSize: exportSize))
+            write.locked.filter { block in
+                switch s.blocks[block] {
+                case .clean: true
+                case .dirty, .partial: failure == nil && !write.edges.contains(block)
+                case .notCached: false
+                }
             }
         }
         debug.blocks("trim: drop", stale)
         drop(stale)
-        unlock(locked, exclusive: true)
+        unlock(write.locked, exclusive: true)
         if let failure { throw failure }
         if flushAfter { try flush(backend: backend) }
+    }
+
+    /// Reads the parts of a partial or uncached block (held exclusively)
+    /// that the cache lacks from the plugin; the block becomes dirty if it
+    /// held anything, else clean.
+    func complete(_ block: UInt64, exportSize: UInt64, backend: some Backend) throws(CacheError) {
+        let span = bytes(of: block..<block + 1, exportSize: exportSize)
+        let (held, wasPartial) = state.withLock { s in (s.blocks.held(block), s.blocks[block] == .partial) }
+        let staging = try allocate(span.count)
+        debug.blocks("complete from the plugin:", [block])
+        try readPlugin(into: staging.bytes, at: span.lowerBound, backend: backend)
+        for gap in held?.gaps(UInt32(span.count)) ?? [0..<UInt32(span.count)] {
+            try file.write(UnsafeRawBufferPointer(rebasing: staging.bytes[Int(gap.lowerBound)..<Int(gap.upperBound)]),
+                           at: span.lowerBound + UInt64(gap.lowerBound))
+        }
+        mark(block..<block + 1, wasPartial ? .dirty : .clean)
+    }
+}
+
+/// The blocks of one write-like request and how it covers them.
+struct BlockWrite {
+    let request: Range<UInt64>
+    let exportSize: UInt64
+    let locked: Range<UInt64>
+    /// First and last blocks when the request covers them only in part.
+    let edges: [UInt64]
+    private let blockShift: UInt64
+
+    init(engine: Engine, request: Range<UInt64>, exportSize: UInt64) {
+        self.request = request
+        self.exportSize = exportSize
+        blockShift = engine.blockShift
+        locked = engine.blocks(covering: request.lowerBound, count: UInt64(request.count))
+        let candidates = Set([locked.lowerBound, locked.upperBound - 1])
+        let shift = blockShift
+        edges = candidates.sorted().filter { block in
+            let whole = (block << shift)..<min((block + 1) << shift, exportSize)
+            return whole.clamped(to: request) != whole
+        }
+    }
+
+    /// Bytes of `blocks` that the request writes.
+    func bytes(of blocks: Range<UInt64>) -> Range<UInt64> {
+        let start = blocks.lowerBound << blockShift
+        let whole = start..<max(start, min(blocks.upperBound << blockShift, exportSize))
+        return whole.clamped(to: request)
+    }
+
+    /// Those bytes relative to the start of the request (the payload).
+    func payloadRange(_ span: Range<UInt64>) -> Range<UInt64> {
+        (span.lowerBound - request.lowerBound)..<(span.upperBound - request.lowerBound)
+    }
+
+    /// The part of `block` the request writes, relative to the block.
+    func part(of block: UInt64) -> Range<UInt32> {
+        let span = bytes(of: block..<block + 1)
+        let start = block << blockShift
+        return UInt32(span.lowerBound - start)..<UInt32(span.upperBound - start)
+    }
+
+    /// The block's length (the last block of the export may be short).
+    func length(of block: UInt64) -> UInt32 {
+        let start = block << blockShift
+        return UInt32(min((block + 1) << blockShift, exportSize) - start)
     }
 }

@@ -32,8 +32,8 @@ enum Callbacks {
         return next?(backend) ?? -1
     }
 
-    static let getReady: @convention(c) (Int32) -> Int32 = { _ in
-        SwiftCacheFilter.shared.getReady() ? 0 : -1
+    static let getReady: @convention(c) (Int32) -> Int32 = { threadModel in
+        SwiftCacheFilter.shared.getReady(parallel: threadModel == NBDKIT_THREAD_MODEL_PARALLEL) ? 0 : -1
     }
 
     static let unload: @convention(c) () -> Void = {
@@ -79,6 +79,9 @@ enum Callbacks {
         capabilities.canFlush = canFlush == 1
         capabilities.canZero = canZero != NBDKIT_ZERO_NONE
         capabilities.fuaMode = canFUA == NBDKIT_FUA_NATIVE ? .native : canFUA == NBDKIT_FUA_EMULATE ? .emulate : .none
+        var minimum: UInt32 = 0, preferred: UInt32 = 0, maximum: UInt32 = 0
+        guard next.pointee.block_size(next, &minimum, &preferred, &maximum) != -1 else { return -1 }
+        capabilities.maximumRequest = maximum
         connection.capabilities = capabilities
         return 0
     }

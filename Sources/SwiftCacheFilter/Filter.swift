@@ -21,13 +21,19 @@ final class SwiftCacheFilter: Sendable {
 
     var settings: CacheConfig { config.withLock { $0 } }
 
+    /// Write-back requests in flight at once under the parallel thread model
+    /// (nbdkit's default number of threads per connection).
+    static let writeBackThreads = 16
+
     /// Creates the cache file in $TMPDIR (default /var/tmp) before nbdkit
-    /// serves anything, so a bad TMPDIR stops start-up.
-    func getReady() -> Bool {
+    /// serves anything, so a bad TMPDIR stops start-up. Write-back uses
+    /// threads of its own only if nbdkit's final thread model is parallel.
+    func getReady(parallel: Bool) -> Bool {
         let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
         do {
             let file = try CacheFile(directory: directory)
-            let created = Engine(config: settings, file: file, debug: Log.verbose)
+            let created = Engine(config: settings, file: file, debug: Log.verbose,
+                                 writeBackThreads: parallel ? Self.writeBackThreads : 1)
             Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), cache file in \(directory)")
             engine.withLock { $0 = created }
             return true

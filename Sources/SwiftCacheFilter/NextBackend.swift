@@ -9,11 +9,14 @@ struct PluginCapabilities {
     var canFlush = false
     var canZero = false
     var fuaMode = FUAMode.none
+    /// The plugin's block size maximum (0: none).
+    var maximumRequest: UInt32 = 0
 }
 
 /// The core's `Backend` over nbdkit's `next` for one request. `next` is only
-/// valid during the callback that passed it, so this is never stored.
-struct NextBackend: Backend {
+/// valid during the callback that passed it, so this is never stored. It
+/// may be used from write-back threads, which end before the callback does.
+struct NextBackend: Backend, @unchecked Sendable {
     let next: UnsafeMutablePointer<nbdkit_next_ops>
     let capabilities: PluginCapabilities
 
@@ -21,6 +24,9 @@ struct NextBackend: Backend {
     var canFlush: Bool { capabilities.canFlush }
     var canZero: Bool { capabilities.canZero }
     var fuaMode: FUAMode { capabilities.fuaMode }
+    var maximumRequest: UInt64 {
+        capabilities.maximumRequest == 0 ? Engine.maxTransfer : UInt64(capabilities.maximumRequest)
+    }
 
     private func call(_ body: (UnsafeMutablePointer<Int32>) -> Int32) throws(Errno) {
         var err: Int32 = 0
