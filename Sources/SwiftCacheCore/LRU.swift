@@ -49,13 +49,19 @@ struct LRU {
     mutating func victim(_ blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> UInt64? {
         let words = blocks.cached.words.count
         guard words > 0 else { return nil }
-        let startWord = Int(hand >> 6) % words
+        let start = hand % (UInt64(words) << 6)
+        let startWord = Int(start >> 6)
+        let startBit: UInt64 = 1 << (start & 63)
         for pass in 0..<3 {
-            for step in 0..<words {
+            // One lap from the hand: the start word's upper bits first, its
+            // lower bits last.
+            for step in 0...words {
                 let i = (startWord + step) % words
                 var candidates = blocks.cached.words[i] | blocks.dirty.words[i]
                 if pass < 2 { candidates &= ~recent.words[i] }
                 if pass < 1 { candidates &= ~older.words[i] }
+                if step == 0 { candidates &= ~(startBit - 1) }
+                if step == words { candidates &= startBit - 1 }
                 while candidates != 0 {
                     let block = UInt64(i) << 6 + UInt64(candidates.trailingZeroBitCount)
                     candidates &= candidates - 1

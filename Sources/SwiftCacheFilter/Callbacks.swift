@@ -209,11 +209,15 @@ enum Callbacks {
         }
     }
 
+    /// NBD_CMD_CACHE. The readahead filter calls this from its own thread
+    /// with no `err`; nbdkit then cannot take a failure (it would read
+    /// `*err`), so one is only logged: the request is advisory anyway.
     static let cache: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
         next, handle, count, offset, _, err in
         let connection = Connection.from(handle)
-        return serve(err) { () throws(CacheError) in
+        let result = serve(err) { () throws(CacheError) in
             try connection.engine.cache(count: UInt64(count), at: offset, backend: connection.backend(next))
         }
+        return err == nil ? 0 : result
     }
 }
