@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include "clinux.h"
 
 int swiftcache_mkostemp_cloexec (char *template_) {
@@ -9,4 +11,11 @@ int swiftcache_mkostemp_cloexec (char *template_) {
 
 int swiftcache_punch_hole (int fd, int64_t offset, int64_t length) {
   return fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int swiftcache_is_tmpfs (int fd) {
+  struct statfs info;
+  if (fstatfs (fd, &info) == -1)
+    return -1;
+  return info.f_type == TMPFS_MAGIC;
 }

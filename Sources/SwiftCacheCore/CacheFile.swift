@@ -3,6 +3,8 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CLinux
+import Synchronization
 import SystemPackage
 
 /// The sparse file holding cached blocks, shared by every connection.
@@ -14,6 +16,11 @@ public final class CacheFile: Sendable {
     let fd: FileDescriptor
     /// The file system's preferred block size (`st_blksize`).
     public let fileSystemBlockSize: UInt64
+    /// On tmpfs, reads copy from a read-only shared mapping of the file: a
+    /// third of the cost of `pread` for warm data. Elsewhere a mapped read of
+    /// a failing disk would be SIGBUS instead of EIO, so they use `pread`.
+    private let mapsReads: Bool
+    private let mappings = Mutex(Mappings())
 
     /// Creates and unlinks the cache file in `directory`.
     public init(directory: String) throws(CacheError) {
@@ -26,11 +33,19 @@ public final class CacheFile: Sendable {
         unlink(path)
         var info = stat()
         fileSystemBlockSize = fstat(fd.rawValue, &info) == 0 ? UInt64(max(info.st_blksize, 512)) : 4096
+        mapsReads = swiftcache_is_tmpfs(fd.rawValue) == 1
     }
 
-    deinit { try? fd.close() }
+    deinit {
+        mappings.withLock { $0.unmapAll() }
+        try? fd.close()
+    }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
+        if let base = mappings.withLock({ $0.current(covering: offset + UInt64(buffer.count)) }) {
+            buffer.copyMemory(from: UnsafeRawBufferPointer(start: base + Int(offset), count: buffer.count))
+            return
+        }
         do { try fd.readAll(into: buffer, at: offset) } catch {
             throw CacheError(error, "cache file read of \(buffer.count) bytes at \(offset)")
         }
@@ -74,9 +89,16 @@ public final class CacheFile: Sendable {
         }
     }
 
+    /// Grows the file (it never shrinks: blocks past a smaller size stay).
     func resize(to size: UInt64) throws(CacheError) {
         do { try fd.resize(to: Int64(size)) } catch {
             throw CacheError(error as? Errno ?? .ioError, "cache file resize to \(size)")
+        }
+        guard mapsReads, size > 0 else { return }
+        // Reads in flight may still use the old mapping, so it stays until
+        // the file is closed; the file only grows, and rarely.
+        if let base = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd.rawValue, 0), base != MAP_FAILED {
+            mappings.withLock { $0.add(UnsafeRawPointer(base), length: size) }
         }
     }
 
@@ -84,5 +106,24 @@ public final class CacheFile: Sendable {
     public func allocatedBytes() -> UInt64 {
         var info = stat()
         return fstat(fd.rawValue, &info) == 0 ? UInt64(info.st_blocks) * 512 : 0
+    }
+}
+
+/// Read-only mappings of the cache file, newest last.
+private struct Mappings: @unchecked Sendable {
+    private var all: [(base: UnsafeRawPointer, length: UInt64)] = []
+
+    func current(covering end: UInt64) -> UnsafeRawPointer? {
+        guard let newest = all.last, end <= newest.length else { return nil }
+        return newest.base
+    }
+
+    mutating func add(_ base: UnsafeRawPointer, length: UInt64) {
+        all.append((base, length))
+    }
+
+    mutating func unmapAll() {
+        for mapping in all { munmap(UnsafeMutableRawPointer(mutating: mapping.base), Int(mapping.length)) }
+        all = []
     }
 }
