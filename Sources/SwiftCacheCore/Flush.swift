@@ -29,12 +29,13 @@ extension Engine {
             // Shared: readers may go on; writers and reclaim wait for us.
             lock(run, exclusive: false)
             let (dirtyRuns, exportSize) = state.withLock { s in
+                // Only inside `run`: blocks beyond it are not ours to write back.
                 var runs: [Range<UInt64>] = []
                 var from = run.lowerBound
-                while let sub = s.blocks.nextDirtyRun(from: from, limit: run.upperBound - from) {
-                    runs.append(sub)
-                    from = sub.upperBound
-                    if from >= run.upperBound { break }
+                while let start = s.blocks.dirty.firstSet(from: from, to: run.upperBound) {
+                    let end = s.blocks.dirty.firstClear(from: start, to: run.upperBound)
+                    runs.append(start..<end)
+                    from = end
                 }
                 return (runs, s.exportSize)
             }
