@@ -70,11 +70,13 @@ mkdir "$cachedir"
 export TMPDIR=$cachedir
 
 _bg_nbdkit_pids=()   # nbdkit pids from pidfiles
+_on_exit=()          # extra cleanup commands, run after nbdkit is stopped
+on_exit() { _on_exit+=("$*"); }
 _bg_wrap_pids=()     # pids of the "timeout" wrappers
 
 cleanup() {
     local rc=$?
-    local p
+    local p c
     for p in "${_bg_nbdkit_pids[@]}"; do
         kill -TERM "$p" 2>/dev/null || true
     done
@@ -82,6 +84,9 @@ cleanup() {
         # Bounded: timeout(1) kills nbdkit itself in the end.
         kill -TERM "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
+    done
+    for c in "${_on_exit[@]}"; do
+        eval "$c" || true
     done
     if [ "${KEEP:-0}" = 1 ]; then
         echo "$TEST_NAME: kept $tmp" >&2
@@ -257,4 +262,152 @@ wait_alloc_le() {
         sleep 0.1
     done
     echo "$a"
+}
+
+# ---------------------------------------------------------------- aio model
+# aio_model_script > FILE: a python program for concurrency tests.
+#   python FILE URI DISK CHECK_FILE(yes|no) NOPS [INFLIGHT (default 64)]
+# 4 connections x 64 requests in flight (libnbd aio), each connection
+# owning every 4th 1000-byte stripe of the first half of the export (so
+# cache blocks are shared by all connections) and a contiguous quarter of
+# the second half (large unaligned writes, zeroes).  In-flight requests of
+# a connection never overlap, so the model is well defined; reads of own
+# data are checked on completion, the whole export at the end, and the
+# backing file (CHECK_FILE=yes) after a final flush.  Export: 16 MiB.
+aio_model_script() {
+    cat <<'EOF_PY'
+import nbd, sys, random, threading
+uri, disk, check_file = sys.argv[1], sys.argv[2], sys.argv[3] == "yes"
+NCONN, NOPS = 4, int(sys.argv[4])
+INFLIGHT = int(sys.argv[5]) if len(sys.argv) > 5 else 64
+SIZE = 16 * 1048576
+HALF = SIZE // 2
+STRIPE = 1000
+NSTRIPES = HALF // STRIPE
+orig = open(disk, "rb").read()
+model = bytearray(orig)
+errors = []
+stats = {}
+
+def worker(c):
+    r = random.Random(100 + c)
+    h = nbd.NBD(); h.connect_uri(uri)
+    my_stripes = list(range(c, NSTRIPES, NCONN))
+    lo = HALF + c * (HALF // NCONN); hi = lo + HALF // NCONN
+    busy_stripes = set()
+    busy_ranges = {}          # cookie -> (off, n)
+    pending = {}              # cookie -> (kind, off, n, buf, expected, stripe)
+    issued = 0; maxq = 0; nread = 0
+    def free_range(off, n):
+        return all(off + n <= o or o + m <= off for o, m in busy_ranges.values())
+    while issued < NOPS or pending:
+        while issued < NOPS and len(pending) < INFLIGHT:
+            k = r.random()
+            stripe = None
+            if k < 0.45 or k >= 0.95:        # small op in an own stripe
+                free = [s for s in r.sample(my_stripes, 8) if s not in busy_stripes]
+                if not free:
+                    break
+                stripe = free[0]
+                so = stripe * STRIPE
+                off = so + r.randrange(STRIPE); n = r.randint(1, so + STRIPE - off)
+                busy_stripes.add(stripe)
+                if k < 0.45:
+                    data = r.randbytes(n)
+                    model[off:off+n] = data
+                    ck = h.aio_pwrite(nbd.Buffer.from_bytearray(data), off)
+                    pending[ck] = ("write", off, n, None, None, stripe)
+                else:
+                    buf = nbd.Buffer(n)
+                    ck = h.aio_pread(buf, off)
+                    pending[ck] = ("read", off, n, buf, bytes(model[off:off+n]), stripe)
+            else:                            # own contiguous region
+                for _ in range(10):
+                    off = r.randrange(lo, hi); n = r.randint(1, min(hi - off, 150000))
+                    if free_range(off, n): break
+                else:
+                    break
+                if k < 0.65:
+                    data = r.randbytes(n)
+                    model[off:off+n] = data
+                    ck = h.aio_pwrite(nbd.Buffer.from_bytearray(data), off)
+                    pending[ck] = ("write", off, n, None, None, None)
+                elif k < 0.70:
+                    model[off:off+n] = bytes(n)
+                    ck = h.aio_zero(n, off)
+                    pending[ck] = ("zero", off, n, None, None, None)
+                elif k < 0.90:
+                    buf = nbd.Buffer(n)
+                    ck = h.aio_pread(buf, off)
+                    pending[ck] = ("read", off, n, buf, bytes(model[off:off+n]), None)
+                elif k < 0.93:
+                    ck = h.aio_flush()
+                    pending[ck] = ("flush", 0, 0, None, None, None)
+                    issued += 1
+                    continue
+                else:                        # unchecked read across everything
+                    o2 = r.randrange(SIZE - 262144)
+                    ck = h.aio_pread(nbd.Buffer(262144), o2)
+                    pending[ck] = ("bigread", o2, 262144, None, None, None)
+                    issued += 1
+                    continue
+                busy_ranges[ck] = (off, n)
+            issued += 1
+        maxq = max(maxq, len(pending))
+        h.poll(-1)
+        for ck in list(pending):
+            try:
+                done = h.aio_command_completed(ck)
+            except nbd.Error as e:
+                errors.append("conn %d: %s at %d+%d failed: %s" % (c, pending[ck][0], pending[ck][1], pending[ck][2], e))
+                done = True
+            if not done:
+                continue
+            kind, off, n, buf, exp, stripe = pending.pop(ck)
+            busy_ranges.pop(ck, None)
+            if stripe is not None:
+                busy_stripes.discard(stripe)
+            nread += kind == "read"
+            if kind == "read" and buf.to_bytearray() != exp:
+                got = buf.to_bytearray()
+                first = next(i for i in range(n) if got[i] != exp[i])
+                errors.append("conn %d: read %d+%d differs from the model at byte %d" % (c, off, n, off + first))
+        if len(errors) > 20:
+            break
+    h.flush()
+    h.shutdown()
+    stats[c] = (issued, maxq, nread)
+
+threads = [threading.Thread(target=worker, args=(c,)) for c in range(NCONN)]
+for t in threads: t.start()
+for t in threads: t.join(timeout=100)
+if any(t.is_alive() for t in threads):
+    print("FAIL: workers did not finish"); sys.exit(1)
+
+h = nbd.NBD(); h.connect_uri(uri)
+got = h.pread(SIZE, 0)
+if got != bytes(model):
+    badb = [i for i in range(0, SIZE, 65536) if got[i:i+65536] != model[i:i+65536]]
+    desc = []
+    for i in badb[:4]:
+        d = [j for j in range(i, i + 65536) if got[j] != model[j]]
+        desc.append("block %d: %d bytes differ in %d..%d%s" % (
+            i // 65536, len(d), d[0], d[-1],
+            " (bytes read equal the original plugin data)"
+            if all(got[j] == orig[j] for j in d) else
+            " (bytes read are zeroes)" if all(got[j] == 0 for j in d) else ""))
+    errors.append("final read-back differs from the model in %d 64K blocks: %s" % (len(badb), "; ".join(desc)))
+h.flush()
+if check_file:
+    cur = open(disk, "rb").read()
+    if cur != bytes(model):
+        badc = sum(1 for i in range(0, SIZE, 65536) if cur[i:i+65536] != model[i:i+65536])
+        errors.append("backing file differs from the model after flush in %d 64K blocks" % badc)
+h.shutdown()
+print("    %d connections: requests %s, max in flight %s, reads checked %s" % (
+    NCONN, [stats[c][0] for c in sorted(stats)], [stats[c][1] for c in sorted(stats)],
+    [stats[c][2] for c in sorted(stats)]), file=sys.stderr)
+for e in errors[:20]: print("FAIL:", e)
+sys.exit(1 if errors else 0)
+EOF_PY
 }

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# A failing cache file (SPEC §6): the cache lives on a 1 MiB tmpfs
+# ($TMPDIR), the export is 16 MiB, so cache-file writes fail with ENOSPC.
+#  - the client gets an error (ENOSPC) for the requests that cannot be
+#    cached, never a crash; nbdkit keeps serving;
+#  - what was cached before still reads back, and a flush writes it to
+#    the plugin (writeback: no dirty block lost);
+#  - writethrough: after any failure, what the client reads equals the
+#    backing file (the cache never holds a block it could not store);
+#  - regions never written read as the plugin's data.
+# Needs root and mount(2) in a private mount namespace (unshare -m);
+# skipped (77) if that is not possible.
+set -euo pipefail
+if [ -z "${SWIFTCACHE_IN_NS:-}" ]; then
+    if unshare -m --propagation private true 2>/dev/null; then
+        SWIFTCACHE_IN_NS=1 exec unshare -m --propagation private bash "$0" "$@"
+    fi
+    echo "$(basename "$0" .sh): SKIP: cannot create a mount namespace" >&2
+    exit 77
+fi
+. "$(dirname "$0")/lib.sh"
+
+small=$tmp/small
+mkdir "$small"
+mount -t tmpfs -o size=1M tmpfs "$small" || skip "cannot mount a tmpfs"
+on_exit umount "$small"
+
+SIZE=$((16 * 1024 * 1024))
+
+cat >"$tmp/t.py" <<'EOF_PY'
+import nbd, sys, errno
+uri, disk, mode = sys.argv[1:4]
+orig = open(disk, "rb").read()
+h = nbd.NBD(); h.connect_uri(uri)
+fails = []
+# 1. fits: 4 blocks, unaligned
+first = b"F" * (4 * 65536 - 200)
+h.pwrite(first, 100)
+# 2. does not fit: 4 MiB more, 64K at a time (some may succeed)
+errs = []
+for i in range(64):
+    try:
+        h.pwrite(bytes([i + 1]) * 65536, 8 * 1048576 + i * 65536)
+    except nbd.Error as e:
+        errs.append(e.errnum)
+if not errs:
+    fails.append("no write failed although the cache file system is full")
+elif set(errs) - {errno.ENOSPC}:
+    fails.append("failed writes reported errnos %s, want ENOSPC" % sorted(set(errs)))
+# 3. nbdkit still serving; the first data is still there (writeback: it
+# is dirty in the cache; writethrough: it is in the plugin, and a read
+# that would have to fill the full cache may fail with ENOSPC)
+try:
+    if h.pread(len(first), 100) != first:
+        fails.append("data written before the file system filled up reads back wrong")
+except nbd.Error as e:
+    if mode == "writeback" or e.errnum != errno.ENOSPC:
+        fails.append("data written before the file system filled up: read failed: %s" % e)
+# reads of uncached regions: either plugin data or an error, never garbage
+for off in (2 * 1048576 + 7, 5 * 1048576):
+    try:
+        if h.pread(1000, off) != orig[off:off + 1000]:
+            fails.append("read of a never-written region at %d returned wrong data" % off)
+    except nbd.Error as e:
+        if e.errnum not in (errno.ENOSPC, errno.EIO, errno.ENOMEM):
+            fails.append("read at %d failed with errno %d" % (off, e.errnum))
+if mode == "writethrough":
+    cur = open(disk, "rb").read()
+    for i in range(64):
+        off = 8 * 1048576 + i * 65536
+        try:
+            got = h.pread(65536, off)
+        except nbd.Error:
+            continue
+        if got != cur[off:off + 65536]:
+            fails.append("writethrough: block at %d reads differently from the backing file" % off)
+            break
+# 4. flush: the first data reaches the plugin
+try:
+    h.flush()
+except nbd.Error as e:
+    # the blocks that could never be cached are not dirty: flush should work
+    fails.append("flush failed: %s" % e)
+cur = open(disk, "rb").read()
+if cur[100:100 + len(first)] != first:
+    fails.append("after flush the backing file lacks the data cached before ENOSPC")
+if cur[:100] != orig[:100] or cur[100 + len(first):8 * 1048576] != orig[100 + len(first):8 * 1048576]:
+    fails.append("after flush the backing file changed outside the written ranges")
+h.shutdown()
+for f in fails: print("FAIL:", f)
+sys.exit(1 if fails else 0)
+EOF_PY
+
+for mode in writeback writethrough; do
+    for cor in false true; do
+        name=$mode-$cor
+        disk=$tmp/disk-$name
+        make_random_file "$disk" $SIZE 61
+        TMPDIR=$small start_nbdkit $name --filter="$FILTER" file "$disk" \
+            cache=$mode cache-on-read=$cor
+        if py "$tmp/t.py" "$uri" "$disk" $mode; then
+            ok "cache=$mode cache-on-read=$cor: ENOSPC handled"
+        else
+            bad "cache=$mode cache-on-read=$cor: ENOSPC mishandled"
+        fi
+        if kill -0 "$pid" 2>/dev/null; then
+            stop_nbdkit $name
+            assert_no_crash_in "$tmp/$name.log"
+        else
+            tail -n 5 "$tmp/$name.log" >&2
+            bad "cache=$mode cache-on-read=$cor: nbdkit died"
+        fi
+    done
+done
+finish
