@@ -29,7 +29,7 @@ CONFIGS = ("none", "C", "ours")          # column order in the report
 # alternates between first and last.
 ORDERS = (("C", "ours", "none"), ("none", "ours", "C"),
           ("ours", "C", "none"), ("none", "C", "ours"))
-ALL_WORKLOADS = ("1", "2", "3", "4", "5", "6a", "6b", "7", "8")
+ALL_WORKLOADS = ("1", "2", "3", "4", "5", "6a", "6b", "6c", "7", "8")
 
 UP, DOWN = "↑", "↓"
 
@@ -323,6 +323,11 @@ def w6b(srv, rd):
     return {"6b": r["flush_s"]}, {"write phase s": r["write_s"]}
 
 
+def w6c(srv, rd):
+    r = nbd_client(srv, rd, "flush-empty")
+    return {"6c": r["empty_flush_s"] * 1e3, "6d": r["one_block_flush_s"] * 1e3}, {}
+
+
 def w7(srv, rd):
     _, dt = run_client(["nbdcopy", "--no-extents", "--connections=2", "--threads=2",
                         srv.uri, "null:"], rd, "nbdcopy")
@@ -356,6 +361,7 @@ WORKLOADS = {
     "5": (w5, "64M", ["cache=writethrough"], WD, "writethrough seq write 1M, wdelay"),
     "6a": (w6a, "64M", ["cache=writeback"], WD, "flush after 16 x 1M seq writes, wdelay"),
     "6b": (w6b, "64M", ["cache=writeback"], WD, "flush after 256 x 4K scattered writes, wdelay"),
+    "6c": (w6c, "1T", ["cache=writeback"], None, "flush cost on a 1T disk: empty"),
     "7": (w7, "256M", ON_READ, RD, "nbdcopy cold 256M, rdelay"),
     "8": (w8, "1T", ON_READ, None, "RSS, 1T sparse disk, after 1 conn"),
 }
@@ -372,6 +378,8 @@ ROWS = (
     ("5", "5", "MiB/s", UP, "%.1f"),
     ("6a", "6a", "flush s", DOWN, "%.3g"),
     ("6b", "6b", "flush s", DOWN, "%.3g"),
+    ("6c", "6c", "flush ms", DOWN, "%.3g"),
+    ("6d", "6c", "flush ms (1 dirty 4K at the end)", DOWN, "%.3g"),
     ("7", "7", "s", DOWN, "%.3g"),
     ("8", "8", "RSS MiB", DOWN, "%.1f"),
 )

@@ -6,6 +6,9 @@ which is the only interpreter with the `nbd` module).
     nbd_client.py URI flush-scatter N   N x 4 KiB pwrites, each in its own 64 KiB
                                         region (fixed seed), then one timed flush
     nbd_client.py URI read OFFSET LEN   one pread, then close
+    nbd_client.py URI flush-empty       one timed flush with nothing written, then
+                                        one 4 KiB pwrite at the end of the disk and
+                                        one timed flush (median of 20 each)
 
 Prints one JSON object on stdout.
 """
@@ -64,6 +67,18 @@ def main(argv):
         h.flush()
         t2 = time.monotonic()
         out.update(writes=n, write_s=t1 - t0, flush_s=t2 - t1)
+
+    elif mode == "flush-empty":
+        def timed_flush():
+            t0 = time.monotonic()
+            h.flush()
+            return time.monotonic() - t0
+        empty = sorted(timed_flush() for _ in range(20))[10]
+        ones = []
+        for i in range(20):
+            h.pwrite(pattern(SMALL, 3 + i), out["size"] - SMALL)
+            ones.append(timed_flush())
+        out.update(empty_flush_s=empty, one_block_flush_s=sorted(ones)[10])
 
     elif mode == "read":
         off, length = int(argv[3]), int(argv[4])
