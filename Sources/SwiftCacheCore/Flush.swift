@@ -30,14 +30,7 @@ extension Engine {
             lock(run, exclusive: false)
             let (dirtyRuns, exportSize) = state.withLock { s in
                 // Only inside `run`: blocks beyond it are not ours to write back.
-                var runs: [Range<UInt64>] = []
-                var from = run.lowerBound
-                while let start = s.blocks.dirty.firstSet(from: from, to: run.upperBound) {
-                    let end = s.blocks.dirty.firstClear(from: start, to: run.upperBound)
-                    runs.append(start..<end)
-                    from = end
-                }
-                return (runs, s.exportSize)
+                (s.blocks.dirtyRuns(in: run), s.exportSize)
             }
             for sub in dirtyRuns {
                 do {

@@ -23,15 +23,18 @@ extension Engine {
             keep && s.blocks.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound
         })
         defer { unlock(locked, exclusive: exclusive) }
-        if config.maxSize != nil { state.withLock { $0.lru.touch(locked) } }
 
         // While the blocks are held, whether each is cached cannot change.
         var cursor = locked.lowerBound
         while cursor < locked.upperBound {
             let (isCached, runEnd) = state.withLock { s in
-                s.blocks.cached[cursor]
-                    ? (true, s.blocks.cached.firstClear(from: cursor, to: locked.upperBound))
-                    : (false, s.blocks.cached.firstSet(from: cursor, to: locked.upperBound) ?? locked.upperBound)
+                guard s.blocks.cached[cursor] else {
+                    return (false, s.blocks.cached.firstSet(from: cursor, to: locked.upperBound) ?? locked.upperBound)
+                }
+                let end = s.blocks.cached.firstClear(from: cursor, to: locked.upperBound)
+                // Only blocks the cache holds age; a fill marks its own.
+                if config.maxSize != nil { s.lru.touch(cursor..<end) }
+                return (true, end)
             }
             let run = cursor..<runEnd
             let span = bytes(of: run, exportSize: exportSize).clamped(to: request)
