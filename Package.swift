@@ -31,6 +31,9 @@ let package = Package(
             dependencies: ["CNBDKit", "CSwiftCacheDebug", "SwiftCacheCore",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
-        .testTarget(name: "SwiftCacheCoreTests", dependencies: ["SwiftCacheCore"]),
+        .testTarget(
+            name: "SwiftCacheCoreTests",
+            dependencies: ["SwiftCacheCore", .product(name: "SystemPackage", package: "swift-system")]
+        ),
     ]
 )

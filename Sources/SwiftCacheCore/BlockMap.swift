@@ -99,6 +99,18 @@ struct BlockMap {
         return nil
     }
 
+    /// The runs of dirty or partial blocks within `blocks`.
+    func dirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] {
+        var runs: [Range<UInt64>] = []
+        var from = blocks.lowerBound
+        while dirtyCount > 0, let start = dirty.firstSet(from: from, to: blocks.upperBound) {
+            let end = dirty.firstClear(from: start, to: blocks.upperBound)
+            runs.append(start..<end)
+            from = end
+        }
+        return runs
+    }
+
     /// The next run of dirty or partial blocks at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
         guard dirtyCount > 0, let start = dirty.firstSet(from: from, to: blockCount) else { return nil }

@@ -5,14 +5,20 @@ import SystemPackage
 /// Dirty blocks hold bytes the plugin has not seen, so the plugin's "hole"
 /// or "zero" is wrong for them; a client trusting it (nbdcopy, qemu-img)
 /// would skip the data. Clean blocks match the plugin, whose answer stands.
+/// A block dirty before or after the plugin call counts as dirty: a flush
+/// or reclaim may write it back while the plugin is answering.
 extension Engine {
     public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool, backend: some Backend) throws(CacheError) -> [Extent] {
         guard count > 0 else { return [] }
         _ = try checkBounds(offset: offset, count: count)
+        let covered = blocks(covering: offset, count: count)
+        let dirtyBefore = state.withLock { $0.blocks.dirtyRuns(in: covered) }
         let plugin: [Extent]
         do { plugin = try backend.extents(count: count, at: offset, onlyOne: onlyOne) } catch {
             throw CacheError(error, "plugin extents of \(count) bytes at \(offset)")
         }
+        let dirty = union(dirtyBefore, state.withLock { $0.blocks.dirtyRuns(in: covered) })
+            .map { ($0.lowerBound << blockShift)..<($0.upperBound << blockShift) }
         let request = offset..<offset + count
         var result: [Extent] = []
         func append(_ range: Range<UInt64>, _ type: UInt32) {
@@ -23,26 +29,21 @@ extension Engine {
                 result.append(Extent(offset: range.lowerBound, length: UInt64(range.count), type: type))
             }
         }
-        state.withLock { s in
-            for extent in plugin {
-                let range = (extent.offset..<extent.offset + extent.length).clamped(to: request)
-                guard !range.isEmpty else { continue }
-                guard extent.type != 0, s.blocks.dirtyCount > 0 else {
-                    append(range, extent.type)
-                    continue
-                }
-                var cursor = range.lowerBound
-                let lastBlock = blocks(covering: range.lowerBound, count: UInt64(range.count)).upperBound
-                while cursor < range.upperBound {
-                    let block = cursor >> blockShift
-                    let dirtyStart = s.blocks.dirty.firstSet(from: block, to: lastBlock).map { max($0 << blockShift, cursor) } ?? range.upperBound
-                    append(cursor..<min(dirtyStart, range.upperBound), extent.type)
-                    guard dirtyStart < range.upperBound else { break }
-                    let dirtyEnd = s.blocks.dirty.firstClear(from: dirtyStart >> blockShift, to: lastBlock) << blockShift
-                    append(dirtyStart..<min(dirtyEnd, range.upperBound), 0)
-                    cursor = min(dirtyEnd, range.upperBound)
-                }
+        var next = dirty.startIndex
+        for extent in plugin {
+            let range = (extent.offset..<extent.offset + extent.length).clamped(to: request)
+            guard !range.isEmpty else { continue }
+            var cursor = range.lowerBound
+            while next < dirty.endIndex && dirty[next].upperBound <= cursor { next += 1 }
+            var i = next
+            while extent.type != 0, i < dirty.endIndex, dirty[i].lowerBound < range.upperBound {
+                let data = dirty[i].clamped(to: cursor..<range.upperBound)
+                append(cursor..<max(cursor, data.lowerBound), extent.type)
+                append(data, 0)
+                cursor = max(cursor, data.upperBound)
+                i += 1
             }
+            append(cursor..<range.upperBound, extent.type)
         }
         if result.first?.offset != offset {
             // The plugin must describe `offset`; if it did not, claim data (always safe).
@@ -50,4 +51,17 @@ extension Engine {
         }
         return result
     }
+}
+
+/// The union of two sorted lists of disjoint ranges, sorted.
+private func union(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
+    var merged: [Range<UInt64>] = []
+    for range in (a + b).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+        if let last = merged.last, range.lowerBound <= last.upperBound {
+            merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+        } else {
+            merged.append(range)
+        }
+    }
+    return merged
 }

@@ -25,7 +25,6 @@ extension Engine {
                 || (keep && s.blocks.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
         })
         defer { unlock(locked, exclusive: exclusive) }
-        if config.maxSize != nil { state.withLock { $0.lru.touch(locked) } }
         // A partial block's held bytes are newer than the plugin's: read the
         // rest once, and the block is whole (and dirty) from then on.
         if exclusive {
@@ -38,9 +37,13 @@ extension Engine {
         var cursor = locked.lowerBound
         while cursor < locked.upperBound {
             let (isCached, runEnd) = state.withLock { s in
-                s.blocks.cached[cursor]
-                    ? (true, s.blocks.cached.firstClear(from: cursor, to: locked.upperBound))
-                    : (false, s.blocks.cached.firstSet(from: cursor, to: locked.upperBound) ?? locked.upperBound)
+                guard s.blocks.cached[cursor] else {
+                    return (false, s.blocks.cached.firstSet(from: cursor, to: locked.upperBound) ?? locked.upperBound)
+                }
+                let end = s.blocks.cached.firstClear(from: cursor, to: locked.upperBound)
+                // Only blocks the cache holds age; a fill marks its own.
+                if config.maxSize != nil { s.lru.touch(cursor..<end) }
+                return (true, end)
             }
             let run = cursor..<runEnd
             let span = bytes(of: run, exportSize: exportSize).clamped(to: request)

@@ -1,0 +1,129 @@
+import XCTest
+import SystemPackage
+@testable import SwiftCacheCore
+
+final class FlushTests: EngineTestCase {
+    func testWriteBackFailureKeepsTheBlockDirtyAndWritesTheOthers() throws {
+        let b = MemoryBackend(size: MiB, seed: 90)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        let original = model
+        for block: UInt64 in [0, 2, 4] {
+            let data = randomBytes(Int(B), seed: 91 + block)
+            try e.writeBytes(data, at: block * B, b)
+            model.replaceSubrange(Int(block * B)..<Int((block + 1) * B), with: data)
+        }
+        b.failWrites(in: 2 * B + 100..<2 * B + 101, .ioError)
+        assertCacheError(.ioError) { try e.flush(backend: b) }
+        XCTAssertEqual(e.states(0..<5), [.clean, .notCached, .dirty, .notCached, .clean])
+        XCTAssertEqual(e.dirtyBlockCount, 1)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B), Req(4 * B, B)])
+        XCTAssertEqual(b.stats.failedWrites, 1)
+        assertBytes(b.bytes(0, B), Array(model[..<Int(B)]), "block 0")
+        assertBytes(b.bytes(2 * B, B), Array(original[Int(2 * B)..<Int(3 * B)]), "block 2 (failed)")
+        assertBytes(b.bytes(4 * B, B), Array(model[Int(4 * B)..<Int(5 * B)]), "block 4")
+        // The dirty data is still served.
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+
+        b.clearFaults()
+        let flushes = b.stats.flushes
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B), Req(4 * B, B), Req(2 * B, B)])
+        XCTAssertEqual(b.stats.flushes, flushes + 1)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        XCTAssertEqual(e.states(0..<5), [.clean, .notCached, .clean, .notCached, .clean])
+        assertBytes(b.allBytes, model, "backend")
+    }
+
+    func testFirstErrorIsReportedWhenSeveralWriteBacksFail() throws {
+        let b = MemoryBackend(size: MiB, seed: 92)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        for block: UInt64 in [1, 3, 5] {
+            let data = randomBytes(Int(B), seed: 93 + block)
+            try e.writeBytes(data, at: block * B, b)
+            model.replaceSubrange(Int(block * B)..<Int((block + 1) * B), with: data)
+        }
+        // Block 1 fails with ENOSPC, then block 3 with EIO: the first error is reported.
+        b.failNextWrites(1, .noSpace)
+        b.failWrites(in: 3 * B..<4 * B, .ioError)
+        assertCacheError(.noSpace) { try e.flush(backend: b) }
+        XCTAssertEqual(e.states(1..<6), [.dirty, .notCached, .dirty, .notCached, .clean])
+        XCTAssertEqual(b.stats.writeLog, [Req(5 * B, B)])
+        b.clearFaults()
+        try e.flush(backend: b)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(b.allBytes, model)
+    }
+
+    func testFailureInsideAContiguousRunLosesNothing() throws {
+        let b = MemoryBackend(size: 2 * MiB, seed: 94)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        let data = randomBytes(Int(16 * B), seed: 95)
+        try e.writeBytes(data, at: 0, b)
+        model.replaceSubrange(0..<Int(16 * B), with: data)
+        b.failWrites(in: 7 * B + 5..<7 * B + 6)
+        assertCacheError(.ioError) { try e.flush(backend: b) }
+        XCTAssertEqual(e.state(ofBlock: 7), .dirty, "the block that failed to write back stays dirty")
+        assertBytes(try e.readBytes(0, 2 * MiB, b), model)
+        b.clearFaults()
+        try e.flush(backend: b)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(b.allBytes, model)
+    }
+
+    func testPluginFlushFailureIsReported() throws {
+        let b = MemoryBackend(size: MiB, seed: 96)
+        let e = try makeEngine(b, mode: .writeback)
+        let data = randomBytes(Int(B), seed: 97)
+        try e.writeBytes(data, at: 0, b)
+        b.failNextFlushes(1, .ioError)
+        assertCacheError(.ioError) { try e.flush(backend: b) }
+        XCTAssertEqual(b.stats.failedFlushes, 1)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B)])
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.flushes, 1)
+        assertBytes(b.bytes(0, B), data)
+    }
+
+    func testFlushCoalescesContiguousDirtyBlocks() throws {
+        let b = MemoryBackend(size: 4 * MiB, seed: 98)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        // 16 blocks written one by one in a scrambled order, plus runs 20...23 and 30.
+        var order = Array(UInt64(0)..<16) + Array(UInt64(20)..<24) + [30]
+        var rng = SplitMix64(seed: 99)
+        order.shuffle(using: &rng)
+        for block in order {
+            let data = randomBytes(Int(B), seed: 100 + block)
+            try e.writeBytes(data, at: block * B, b)
+            model.replaceSubrange(Int(block * B)..<Int((block + 1) * B), with: data)
+        }
+        XCTAssertEqual(e.dirtyBlockCount, 21)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, 16 * B), Req(20 * B, 4 * B), Req(30 * B, B)])
+        XCTAssertEqual(b.stats.flushes, 1)
+        assertBytes(b.allBytes, model)
+    }
+
+    func testFlushWithoutPluginFlushStillWritesBack() throws {
+        let b = MemoryBackend(size: MiB, seed: 101, canFlush: false)
+        let e = try makeEngine(b, mode: .writeback)
+        let data = randomBytes(Int(B), seed: 102)
+        try e.writeBytes(data, at: 3 * B, b)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(3 * B, B)])
+        XCTAssertEqual(b.stats.flushes, 0)
+        assertBytes(b.bytes(3 * B, B), data)
+    }
+
+    func testWritethroughFlushOnlyFlushesThePlugin() throws {
+        let b = MemoryBackend(size: MiB, seed: 103)
+        let e = try makeEngine(b, mode: .writethrough)
+        try e.writeBytes(randomBytes(1000, seed: 104), at: 0, b)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writes, 1)
+        XCTAssertEqual(b.stats.flushes, 1)
+    }
+}

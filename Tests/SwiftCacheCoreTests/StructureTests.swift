@@ -1,0 +1,208 @@
+import XCTest
+@testable import SwiftCacheCore
+
+final class BitPlaneTests: XCTestCase {
+    func testSetGetAcrossWords() {
+        var plane = BitPlane(count: 200)
+        XCTAssertEqual(plane.words.count, 4)
+        for block: UInt64 in [0, 63, 64, 129, 199] { plane[block] = true }
+        for block in UInt64(0)..<200 {
+            XCTAssertEqual(plane[block], [0, 63, 64, 129, 199].contains(block), "block \(block)")
+        }
+        plane[63] = false
+        XCTAssertFalse(plane[63])
+        XCTAssertTrue(plane[64])
+        plane.clearAll()
+        XCTAssertNil(plane.firstSet(from: 0, to: 200))
+    }
+
+    func testFirstSet() {
+        var plane = BitPlane(count: 200)
+        for block: UInt64 in [0, 63, 64, 129] { plane[block] = true }
+        XCTAssertEqual(plane.firstSet(from: 0, to: 200), 0)
+        XCTAssertEqual(plane.firstSet(from: 1, to: 200), 63)
+        XCTAssertEqual(plane.firstSet(from: 64, to: 200), 64)
+        XCTAssertEqual(plane.firstSet(from: 65, to: 200), 129)
+        XCTAssertNil(plane.firstSet(from: 130, to: 200))
+        XCTAssertNil(plane.firstSet(from: 1, to: 63), "the end is exclusive")
+        XCTAssertEqual(plane.firstSet(from: 1, to: 64), 63)
+        XCTAssertNil(plane.firstSet(from: 65, to: 129))
+        XCTAssertNil(plane.firstSet(from: 5, to: 5))
+    }
+
+    func testFirstClear() {
+        var plane = BitPlane(count: 200)
+        for block in UInt64(0)..<130 { plane[block] = true }
+        XCTAssertEqual(plane.firstClear(from: 0, to: 200), 130)
+        XCTAssertEqual(plane.firstClear(from: 0, to: 100), 100, "none clear before the end: the end")
+        XCTAssertEqual(plane.firstClear(from: 130, to: 200), 130)
+        XCTAssertEqual(plane.firstClear(from: 150, to: 200), 150)
+        plane[70] = false
+        XCTAssertEqual(plane.firstClear(from: 0, to: 200), 70)
+        XCTAssertEqual(plane.firstClear(from: 71, to: 200), 130)
+
+        var full = BitPlane(count: 128)
+        for block in UInt64(0)..<128 { full[block] = true }
+        XCTAssertEqual(full.firstClear(from: 0, to: 128), 128)
+        XCTAssertEqual(full.firstClear(from: 127, to: 128), 128)
+    }
+
+    func testResizeKeepsRemainingBitsAndForgetsTheRest() {
+        var plane = BitPlane(count: 200)
+        for block: UInt64 in [10, 69, 100, 150] { plane[block] = true }
+        plane.resize(to: 70)
+        XCTAssertEqual(plane.count, 70)
+        XCTAssertEqual(plane.words.count, 2)
+        XCTAssertTrue(plane[10])
+        XCTAssertTrue(plane[69])
+        plane.resize(to: 200)
+        XCTAssertEqual(plane.count, 200)
+        XCTAssertTrue(plane[10])
+        XCTAssertTrue(plane[69])
+        XCTAssertFalse(plane[100], "a block cut off by a shrink must not come back")
+        XCTAssertFalse(plane[150])
+        XCTAssertEqual(plane.firstSet(from: 70, to: 200), nil)
+        plane.resize(to: 0)
+        XCTAssertEqual(plane.words.count, 0)
+        plane.resize(to: 65)
+        XCTAssertNil(plane.firstSet(from: 0, to: 65))
+        XCTAssertEqual(plane.firstClear(from: 0, to: 65), 0)
+    }
+}
+
+final class BlockMapTests: XCTestCase {
+    func testStatesAndCounts() {
+        var map = BlockMap(blocks: 100)
+        XCTAssertEqual(map.blockCount, 100)
+        XCTAssertEqual(map[3], .notCached)
+        map[3] = .dirty
+        XCTAssertEqual(map[3], .dirty)
+        XCTAssertTrue(map.cached[3], "dirty implies cached")
+        XCTAssertEqual(map.cachedCount, 1)
+        XCTAssertEqual(map.dirtyCount, 1)
+        map[3] = .dirty
+        XCTAssertEqual(map.cachedCount, 1)
+        XCTAssertEqual(map.dirtyCount, 1)
+        map[3] = .clean
+        XCTAssertEqual(map[3], .clean)
+        XCTAssertEqual(map.cachedCount, 1)
+        XCTAssertEqual(map.dirtyCount, 0)
+        map[3] = .notCached
+        XCTAssertEqual(map.cachedCount, 0)
+        XCTAssertEqual(map.dirtyCount, 0)
+        map.set(10..<20, to: .clean)
+        map.set(15..<25, to: .dirty)
+        XCTAssertEqual(map.cachedCount, 15)
+        XCTAssertEqual(map.dirtyCount, 10)
+        XCTAssertEqual((9..<26).map { map[$0] },
+                       [.notCached] + Array(repeating: .clean, count: 5) + Array(repeating: .dirty, count: 10) + [.notCached])
+    }
+
+    func testNextDirtyRun() {
+        var map = BlockMap(blocks: 200)
+        XCTAssertNil(map.nextDirtyRun(from: 0, limit: 100))
+        map.set(2..<5, to: .dirty)
+        map[10] = .dirty
+        map.set(60..<71, to: .dirty)
+        map[199] = .dirty
+        map.set(5..<10, to: .clean)
+        XCTAssertEqual(map.nextDirtyRun(from: 0, limit: 100), 2..<5)
+        XCTAssertEqual(map.nextDirtyRun(from: 3, limit: 100), 3..<5)
+        XCTAssertEqual(map.nextDirtyRun(from: 5, limit: 100), 10..<11)
+        XCTAssertEqual(map.nextDirtyRun(from: 11, limit: 3), 60..<63, "runs are cut at the limit")
+        XCTAssertEqual(map.nextDirtyRun(from: 63, limit: 100), 63..<71, "runs cross word boundaries")
+        XCTAssertEqual(map.nextDirtyRun(from: 71, limit: 100), 199..<200)
+        XCTAssertNil(map.nextDirtyRun(from: 200, limit: 100))
+    }
+
+    func testShrinkKeepsCountsRight() {
+        var map = BlockMap(blocks: 100)
+        map.set(0..<10, to: .clean)
+        map.set(90..<100, to: .dirty)
+        map.resize(to: 95)
+        XCTAssertEqual(map.cachedCount, 15)
+        XCTAssertEqual(map.dirtyCount, 5)
+        map.resize(to: 150)
+        XCTAssertEqual(map[97], .notCached)
+        XCTAssertEqual(map.nextDirtyRun(from: 0, limit: 1000), 90..<95)
+    }
+}
+
+final class LRUTests: XCTestCase {
+    private func plane(_ count: UInt64, _ set: [UInt64]) -> BitPlane {
+        var p = BitPlane(count: count)
+        for block in set { p[block] = true }
+        return p
+    }
+
+    func testUntouchedBlocksGoFirstThenOlderThenRecent() {
+        var lru = LRU(blocks: 128, generationSize: 4)
+        let cached = plane(128, Array(0..<6))
+        lru.touch(0..<4)    // a full generation: 0...3 become "older"
+        lru.touch(4..<5)    // 4 is recent
+        XCTAssertEqual(lru.victim(cached: cached, isEvictable: { _ in true }), 5, "never touched")
+        let without5 = plane(128, Array(0..<5))
+        XCTAssertEqual(lru.victim(cached: without5, isEvictable: { _ in true }).map { $0 < 4 }, true,
+                       "then the older generation")
+        XCTAssertEqual(lru.victim(cached: without5, isEvictable: { $0 >= 4 }), 4, "then any block")
+        XCTAssertNil(lru.victim(cached: without5, isEvictable: { _ in false }))
+        XCTAssertNil(lru.victim(cached: plane(128, []), isEvictable: { _ in true }))
+    }
+
+    func testVictimsSpreadAndForgetResets() {
+        var lru = LRU(blocks: 256, generationSize: 1000)
+        let cached = plane(256, [3, 70, 200])
+        var seen: Set<UInt64> = []
+        var current = cached
+        while let v = lru.victim(cached: current, isEvictable: { _ in true }) {
+            seen.insert(v)
+            current[v] = false
+            lru.forget(v)
+        }
+        XCTAssertEqual(seen, [3, 70, 200])
+        lru.touch(3..<4)
+        lru.forget(3)
+        XCTAssertEqual(lru.victim(cached: plane(256, [3, 4]), isEvictable: { _ in true }), 3,
+                       "a forgotten block counts as untouched")
+    }
+
+    func testTouchingAgainDoesNotAgeOthers() {
+        var lru = LRU(blocks: 64, generationSize: 3)
+        lru.touch(0..<1)
+        lru.touch(0..<1)
+        lru.touch(0..<1)
+        lru.touch(1..<2)    // 2 distinct blocks: still one generation
+        let cached = plane(64, [0, 1, 2])
+        XCTAssertEqual(lru.victim(cached: cached, isEvictable: { _ in true }), 2)
+        XCTAssertEqual(lru.victim(cached: plane(64, [0, 1]), isEvictable: { $0 != 1 }), 0)
+    }
+}
+
+final class RangeLocksTests: XCTestCase {
+    func testSharedAndExclusive() {
+        var locks = RangeLocks()
+        XCTAssertTrue(locks.canAcquire(0..<4, exclusive: true))
+        locks.acquire(0..<4, exclusive: false)
+        XCTAssertTrue(locks.isLocked(0))
+        XCTAssertTrue(locks.isLocked(3))
+        XCTAssertFalse(locks.isLocked(4))
+        XCTAssertTrue(locks.canAcquire(2..<6, exclusive: false), "readers share")
+        XCTAssertFalse(locks.canAcquire(3..<6, exclusive: true), "a writer waits for readers")
+        XCTAssertTrue(locks.canAcquire(4..<6, exclusive: true), "disjoint blocks never wait")
+        locks.acquire(2..<6, exclusive: false)
+        locks.release(0..<4, exclusive: false)
+        XCTAssertFalse(locks.isLocked(0))
+        XCTAssertTrue(locks.isLocked(2), "still held by the second reader")
+        XCTAssertFalse(locks.canAcquire(0..<3, exclusive: true))
+        locks.release(2..<6, exclusive: false)
+        XCTAssertTrue(locks.canAcquire(0..<6, exclusive: true))
+
+        locks.acquire(10..<12, exclusive: true)
+        XCTAssertFalse(locks.canAcquire(11..<12, exclusive: false), "readers wait for a writer")
+        XCTAssertFalse(locks.canAcquire(9..<11, exclusive: true))
+        XCTAssertTrue(locks.canAcquire(12..<13, exclusive: true))
+        locks.release(10..<12, exclusive: true)
+        XCTAssertFalse(locks.isLocked(10))
+        XCTAssertTrue(locks.canAcquire(0..<100, exclusive: true))
+    }
+}

@@ -1,0 +1,91 @@
+import XCTest
+import SystemPackage
+@testable import SwiftCacheCore
+
+/// 64 KiB, the default cache block size.
+let B: UInt64 = 65536
+let MiB: UInt64 = 1 << 20
+
+/// Gives each test a fresh temporary directory for its cache file, builds
+/// engines in it, and checks at the end that no backend saw a request that
+/// breaks nbdkit's rules.
+class EngineTestCase: XCTestCase {
+    var directory = ""
+    private var backends: [MemoryBackend] = []
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        directory = try makeTemporaryDirectory()
+    }
+
+    override func tearDown() {
+        for backend in backends {
+            XCTAssertEqual(backend.violations, [], "requests nbdkit would refuse")
+        }
+        backends = []
+        removeDirectory(directory)
+        super.tearDown()
+    }
+
+    /// An engine over `backend` for an export of `size` (default: the backend's size).
+    func makeEngine(_ backend: MemoryBackend, size: UInt64? = nil, mode: CacheMode = .writeback,
+                    cacheOnRead: CacheOnRead = .never, maxSize: UInt64? = nil,
+                    minBlockSize: UInt64 = B, configure: (inout CacheConfig) -> Void = { _ in },
+                    file: StaticString = #filePath, line: UInt = #line) throws -> Engine {
+        backends.append(backend)
+        var config = CacheConfig()
+        config.mode = mode
+        config.cacheOnRead = cacheOnRead
+        config.maxSize = maxSize
+        config.minBlockSize = minBlockSize
+        configure(&config)
+        let cacheFile = try CacheFile(directory: directory)
+        let engine = Engine(config: config, file: cacheFile)
+        try engine.setExportSize(size ?? backend.size)
+        // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
+        XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file, line: line)
+        return engine
+    }
+
+    /// Asserts that `body` throws a `CacheError` carrying `expected`.
+    func assertCacheError(_ expected: Errno, file: StaticString = #filePath, line: UInt = #line,
+                          _ body: () throws -> Void) {
+        do {
+            try body()
+            XCTFail("expected \(expected), nothing was thrown", file: file, line: line)
+        } catch let error as CacheError {
+            XCTAssertEqual(error.errno, expected, "\(error)", file: file, line: line)
+        } catch {
+            XCTFail("expected a CacheError, got \(error)", file: file, line: line)
+        }
+    }
+
+    /// Asserts that two byte arrays are equal, reporting the first difference
+    /// rather than dumping megabytes.
+    func assertBytes(_ actual: [UInt8], _ expected: [UInt8], _ what: String = "",
+                     file: StaticString = #filePath, line: UInt = #line) {
+        guard actual != expected else { return }
+        if actual.count != expected.count {
+            XCTFail("\(what): \(actual.count) bytes, expected \(expected.count)", file: file, line: line)
+            return
+        }
+        let first = actual.indices.first { actual[$0] != expected[$0] }!
+        let differing = actual.indices.reduce(0) { $0 + (actual[$1] != expected[$1] ? 1 : 0) }
+        XCTFail("\(what): \(differing) bytes differ, first at \(first): \(actual[first]) != \(expected[first])",
+                file: file, line: line)
+    }
+}
+
+/// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all.
+func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let done = DispatchGroup()
+    for i in 0..<count {
+        done.enter()
+        let thread = Thread {
+            body(i)
+            done.leave()
+        }
+        thread.start()
+    }
+    done.wait()
+}

@@ -1,0 +1,345 @@
+import XCTest
+import SystemPackage
+@testable import SwiftCacheCore
+
+final class WriteTests: EngineTestCase {
+    // MARK: writeback
+
+    func testWritebackKeepsWholeBlockWritesUntilFlush() throws {
+        let b = MemoryBackend(size: MiB, seed: 20)
+        let e = try makeEngine(b, mode: .writeback)
+        let original = b.allBytes
+        let data = randomBytes(Int(3 * B), seed: 21)
+        try e.writeBytes(data, at: B, b)
+
+        XCTAssertEqual(b.stats, BackendStats(), "nothing reaches the backend before a flush")
+        XCTAssertEqual(e.states(0..<5), [.notCached, .dirty, .dirty, .dirty, .notCached])
+        XCTAssertEqual(e.dirtyBlockCount, 3)
+        XCTAssertEqual(e.cachedBytes, 3 * B)
+        assertBytes(try e.readBytes(B, 3 * B, b), data, "read back")
+        assertBytes(b.allBytes, original, "backend before flush")
+        XCTAssertEqual(b.stats.reads, 0)
+
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(B, 3 * B)])
+        XCTAssertEqual(b.stats.flushes, 1)
+        XCTAssertEqual(e.states(0..<5), [.notCached, .clean, .clean, .clean, .notCached])
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        var model = original
+        model.replaceSubrange(Int(B)..<Int(4 * B), with: data)
+        assertBytes(b.allBytes, model, "backend after flush")
+
+        // Nothing dirty: a flush only flushes the plugin.
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writes, 1)
+        XCTAssertEqual(b.stats.flushes, 2)
+    }
+
+    func testWritebackPartialWriteOfUncachedBlockIsReadModifyWrite() throws {
+        let b = MemoryBackend(size: MiB, seed: 22)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+
+        let data = randomBytes(1000, seed: 23)
+        try e.writeBytes(data, at: B + 5000, b)
+        model.replaceSubrange(Int(B) + 5000..<Int(B) + 6000, with: data)
+        XCTAssertEqual(b.stats.readLog, [Req(B, B)], "the block is read once")
+        XCTAssertEqual(b.stats.writes, 0)
+        XCTAssertEqual(e.states(0..<3), [.notCached, .dirty, .notCached])
+        assertBytes(try e.readBytes(B, B, b), Array(model[Int(B)..<Int(2 * B)]), "merged block")
+        XCTAssertEqual(b.stats.reads, 1, "the merged block is read from the cache")
+
+        // A write straddling blocks 2 and 3: both edges read once.
+        let straddle = randomBytes(200, seed: 24)
+        try e.writeBytes(straddle, at: 3 * B - 100, b)
+        model.replaceSubrange(Int(3 * B) - 100..<Int(3 * B) + 100, with: straddle)
+        XCTAssertEqual(b.stats.readLog.sorted(), [Req(B, B), Req(2 * B, B), Req(3 * B, B)])
+        XCTAssertEqual(e.states(0..<5), [.notCached, .dirty, .dirty, .dirty, .notCached])
+
+        // A write with partial head and tail and whole blocks between: only the edges are read.
+        let wide = randomBytes(Int(3 * B), seed: 25)
+        try e.writeBytes(wide, at: 5 * B + 123, b)
+        model.replaceSubrange(Int(5 * B) + 123..<Int(8 * B) + 123, with: wide)
+        XCTAssertEqual(Array(b.stats.readLog.sorted().suffix(2)), [Req(5 * B, B), Req(8 * B, B)])
+        XCTAssertEqual(b.stats.reads, 5)
+
+        // A partial write of a block the cache holds reads nothing.
+        try e.writeBytes([9, 9, 9], at: B + 7, b)
+        model.replaceSubrange(Int(B) + 7..<Int(B) + 10, with: [9, 9, 9])
+        XCTAssertEqual(b.stats.reads, 5)
+
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+        XCTAssertEqual(b.stats.writes, 0)
+        try e.flush(backend: b)
+        // Dirty runs: blocks 1...3 and 5...8.
+        XCTAssertEqual(b.stats.writeLog, [Req(B, 3 * B), Req(5 * B, 4 * B)])
+        assertBytes(b.allBytes, model, "backend after flush")
+    }
+
+    func testWritebackPartialWriteOfCleanBlockReadsNothing() throws {
+        let b = MemoryBackend(size: MiB, seed: 26)
+        let e = try makeEngine(b, mode: .writeback)
+        try e.cache(count: B, at: 0, backend: b)
+        XCTAssertEqual(b.stats.reads, 1)
+        try e.writeBytes([1, 2, 3, 4], at: 1000, b)
+        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(e.state(ofBlock: 0), .dirty)
+        var model = b.bytes(0, B)
+        model.replaceSubrange(1000..<1004, with: [1, 2, 3, 4])
+        assertBytes(try e.readBytes(0, B, b), model)
+    }
+
+    func testWritebackReadModifyWriteFailureChangesNothing() throws {
+        let b = MemoryBackend(size: MiB, seed: 27)
+        let e = try makeEngine(b, mode: .writeback)
+        let original = b.allBytes
+        b.failNextReads(1, .ioError)
+        assertCacheError(.ioError) { try e.writeBytes([1, 2, 3], at: 100, b) }
+        XCTAssertEqual(e.state(ofBlock: 0), .notCached)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(try e.readBytes(0, B, b), Array(original[..<Int(B)]))
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writes, 0)
+    }
+
+    // MARK: writethrough
+
+    func testWritethroughWritesReachTheBackendAtOnce() throws {
+        let b = MemoryBackend(size: MiB, seed: 30)
+        let e = try makeEngine(b, mode: .writethrough)
+        var model = b.allBytes
+
+        let data = randomBytes(Int(2 * B), seed: 31)
+        try e.writeBytes(data, at: 0, b)
+        model.replaceSubrange(0..<Int(2 * B), with: data)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, 2 * B)])
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.states(0..<3), [.clean, .clean, .notCached], "whole blocks are kept as clean copies")
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(b.allBytes, model, "backend after the write")
+        assertBytes(try e.readBytes(0, 2 * B, b), data)
+        XCTAssertEqual(b.stats.reads, 0)
+
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writes, 1, "a flush has nothing to write back")
+        XCTAssertEqual(b.stats.flushes, 1)
+    }
+
+    func testWritethroughPartialWritesDoNotReadTheBackend() throws {
+        let b = MemoryBackend(size: MiB, seed: 32)
+        let e = try makeEngine(b, mode: .writethrough)
+        var model = b.allBytes
+
+        // Partial write of an uncached block: passed through, not cached, nothing read.
+        let data = randomBytes(1000, seed: 33)
+        try e.writeBytes(data, at: 2 * B + 5000, b)
+        model.replaceSubrange(Int(2 * B) + 5000..<Int(2 * B) + 6000, with: data)
+        XCTAssertEqual(b.stats.writeLog, [Req(2 * B + 5000, 1000)])
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.state(ofBlock: 2), .notCached)
+
+        // Partial head and tail with whole blocks between: the plugin gets the
+        // bytes as they are; the whole blocks become clean; nothing is read.
+        let wide = randomBytes(Int(3 * B), seed: 34)
+        try e.writeBytes(wide, at: 4 * B + 10, b)
+        model.replaceSubrange(Int(4 * B) + 10..<Int(7 * B) + 10, with: wide)
+        XCTAssertEqual(b.stats.writeLog.last, Req(4 * B + 10, 3 * B))
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.states(4..<8), [.notCached, .clean, .clean, .notCached])
+
+        // Partial write of a cached block: it is updated in place and stays clean.
+        try e.cache(count: B, at: 0, backend: b)
+        XCTAssertEqual(b.stats.reads, 1)
+        try e.writeBytes([5, 6, 7], at: 100, b)
+        model.replaceSubrange(100..<103, with: [5, 6, 7])
+        XCTAssertEqual(b.stats.writeLog.last, Req(100, 3))
+        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(e.state(ofBlock: 0), .clean)
+        assertBytes(try e.readBytes(0, B, b), Array(model[..<Int(B)]), "updated clean copy")
+        XCTAssertEqual(b.stats.reads, 1)
+
+        assertBytes(b.allBytes, model, "backend")
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+    }
+
+    func testWritethroughWriteFailureLeavesNoNewDataMarkedClean() throws {
+        let b = MemoryBackend(size: MiB, seed: 35)
+        let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always)
+        let original = b.allBytes
+        _ = try e.readBytes(0, 4 * B, b)
+        XCTAssertEqual(e.states(0..<4), [.clean, .clean, .clean, .clean])
+
+        b.failWrites(in: 0..<MiB, .noSpace)
+        // Partial head (cached), whole block 1, partial block 2 (cached), and whole uncached block 5.
+        assertCacheError(.noSpace) { try e.writeBytes(randomBytes(150_000, seed: 36), at: 1000, b) }
+        assertCacheError(.noSpace) { try e.writeBytes(randomBytes(Int(B), seed: 37), at: 5 * B, b) }
+        XCTAssertEqual(b.stats.writes, 0)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        for block in UInt64(0)..<6 {
+            XCTAssertNotEqual(e.state(ofBlock: block), .dirty, "block \(block)")
+        }
+        // Whatever the cache kept, reads give what the backend has.
+        assertBytes(try e.readBytes(0, MiB, b), original, "read back after the failed writes")
+        assertBytes(b.allBytes, original, "backend")
+        b.clearFaults()
+        assertBytes(try e.readBytes(0, MiB, b), original, "read back after clearing the fault")
+    }
+
+    func testWritethroughTornWriteFailureDropsCleanCopies() throws {
+        // The plugin stores half of the write, then fails: the clean copies
+        // the write touched no longer match it and must not be served.
+        let b = MemoryBackend(size: MiB, seed: 38)
+        let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always)
+        _ = try e.readBytes(0, 4 * B, b)
+        b.setFaults { $0.failWrites = 1; $0.writeError = .ioError; $0.tornWrites = true }
+        let data = randomBytes(Int(3 * B), seed: 39)
+        assertCacheError(.ioError) { try e.writeBytes(data, at: 1000, b) }
+        XCTAssertEqual(b.stats.failedWrites, 1)
+        assertBytes(b.bytes(1000, 3 * B / 2), Array(data[..<Int(3 * B / 2)]), "the plugin kept the first half")
+        assertBytes(try e.readBytes(0, 4 * B, b), b.bytes(0, 4 * B), "read back equals what the plugin holds")
+    }
+
+    func testWritebackFUATornWriteFailureDropsCleanCopies() throws {
+        let b = MemoryBackend(size: MiB, seed: 138, fuaMode: .native)
+        let e = try makeEngine(b, mode: .writeback, cacheOnRead: .always)
+        _ = try e.readBytes(0, 4 * B, b)
+        b.setFaults { $0.failWrites = 1; $0.writeError = .ioError; $0.tornWrites = true }
+        let data = randomBytes(Int(3 * B), seed: 139)
+        assertCacheError(.ioError) { try e.writeBytes(data, at: 1000, fua: true, b) }
+        assertBytes(b.bytes(1000, 3 * B / 2), Array(data[..<Int(3 * B / 2)]), "the plugin kept the first half")
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(try e.readBytes(0, 4 * B, b), b.bytes(0, 4 * B), "read back equals what the plugin holds")
+    }
+
+    // MARK: unsafe
+
+    func testUnsafeFlushIsANoOp() throws {
+        let b = MemoryBackend(size: MiB, seed: 40)
+        let e = try makeEngine(b, mode: .unsafe)
+        let original = b.allBytes
+        let data = randomBytes(Int(2 * B), seed: 41)
+        try e.writeBytes(data, at: 3 * B, b)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats, BackendStats())
+        XCTAssertEqual(e.states(3..<5), [.dirty, .dirty])
+        XCTAssertEqual(e.dirtyBlockCount, 2)
+        assertBytes(try e.readBytes(3 * B, 2 * B, b), data)
+        assertBytes(b.allBytes, original)
+    }
+
+    // MARK: FUA
+
+    func testFUANativeInWritebackGoesThroughAtOnce() throws {
+        let b = MemoryBackend(size: MiB, seed: 50, fuaMode: .native)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+
+        let block0 = randomBytes(Int(B), seed: 51)
+        try e.writeBytes(block0, at: 0, fua: true, b)
+        model.replaceSubrange(0..<Int(B), with: block0)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B, fua: true)])
+        XCTAssertEqual(b.stats.flushes, 0)
+        XCTAssertEqual(e.state(ofBlock: 0), .clean)
+        assertBytes(b.bytes(0, B), block0)
+
+        // Partial FUA write of an uncached block: through, nothing read, not cached.
+        try e.writeBytes([1, 2, 3], at: 70_000, fua: true, b)
+        model.replaceSubrange(70_000..<70_003, with: [1, 2, 3])
+        XCTAssertEqual(b.stats.writeLog.last, Req(70_000, 3, fua: true))
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.state(ofBlock: 1), .notCached)
+
+        // Partial FUA write of a dirty block: the plugin gets the bytes, the block stays dirty.
+        let block2 = randomBytes(Int(B), seed: 52)
+        try e.writeBytes(block2, at: 2 * B, b)
+        model.replaceSubrange(Int(2 * B)..<Int(3 * B), with: block2)
+        try e.writeBytes([7, 7], at: 2 * B + 10, fua: true, b)
+        model.replaceSubrange(Int(2 * B) + 10..<Int(2 * B) + 12, with: [7, 7])
+        XCTAssertEqual(b.stats.writeLog.last, Req(2 * B + 10, 2, fua: true))
+        XCTAssertEqual(e.state(ofBlock: 2), .dirty)
+        assertBytes(b.bytes(2 * B + 10, 2), [7, 7])
+        assertBytes(try e.readBytes(2 * B, B, b), Array(model[Int(2 * B)..<Int(3 * B)]))
+
+        // A whole-block FUA write over a dirty block makes it clean.
+        let block2b = randomBytes(Int(B), seed: 53)
+        try e.writeBytes(block2b, at: 2 * B, fua: true, b)
+        model.replaceSubrange(Int(2 * B)..<Int(3 * B), with: block2b)
+        XCTAssertEqual(e.state(ofBlock: 2), .clean)
+        XCTAssertEqual(b.stats.flushes, 0)
+        assertBytes(b.allBytes, model)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+    }
+
+    func testFUAEmulatedInWritebackBecomesAFlush() throws {
+        let b = MemoryBackend(size: MiB, seed: 54, fuaMode: .emulate)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        let block5 = randomBytes(Int(B), seed: 55)
+        try e.writeBytes(block5, at: 5 * B, b)
+        model.replaceSubrange(Int(5 * B)..<Int(6 * B), with: block5)
+        XCTAssertEqual(b.stats.writes, 0)
+
+        let block0 = randomBytes(Int(B), seed: 56)
+        try e.writeBytes(block0, at: 0, fua: true, b)
+        model.replaceSubrange(0..<Int(B), with: block0)
+        // Every dirty block is written back (without FUA), then the plugin is flushed once.
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B), Req(5 * B, B)])
+        XCTAssertEqual(b.stats.flushes, 1)
+        XCTAssertEqual(e.states(0..<6), [.clean, .notCached, .notCached, .notCached, .notCached, .clean])
+        assertBytes(b.allBytes, model)
+    }
+
+    func testFUAEmulatedInWritethroughBecomesAFlush() throws {
+        let b = MemoryBackend(size: MiB, seed: 57, fuaMode: .emulate)
+        let e = try makeEngine(b, mode: .writethrough)
+        try e.writeBytes([1, 2, 3], at: 10, fua: true, b)
+        XCTAssertEqual(b.stats.writeLog, [Req(10, 3)])
+        XCTAssertEqual(b.stats.flushes, 1)
+        assertBytes(b.bytes(10, 3), [1, 2, 3])
+    }
+
+    func testFUAInUnsafeModeWritesNothingAndFlushesNothing() throws {
+        let b = MemoryBackend(size: MiB, seed: 58, fuaMode: .native)
+        let e = try makeEngine(b, mode: .unsafe)
+        let data = randomBytes(Int(B), seed: 59)
+        try e.writeBytes(data, at: B, fua: true, b)
+        try e.writeBytes([1], at: 10, fua: true, b)
+        XCTAssertEqual(b.stats.writes, 0)
+        XCTAssertEqual(b.stats.flushes, 0)
+        XCTAssertEqual(e.states(0..<2), [.dirty, .dirty])
+        assertBytes(try e.readBytes(B, B, b), data)
+    }
+
+    func testWritesBeyondTheEndAreRefused() throws {
+        let b = MemoryBackend(size: MiB, seed: 60)
+        let e = try makeEngine(b, mode: .writeback)
+        assertCacheError(.invalidArgument) { try e.writeBytes([1, 2], at: MiB - 1, b) }
+        assertCacheError(.invalidArgument) { try e.zero(count: 2, at: MiB - 1, fua: false, fastZero: false, backend: b) }
+        assertCacheError(.invalidArgument) { try e.trim(count: 2, at: MiB - 1, fua: false, backend: b) }
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        XCTAssertEqual(b.stats, BackendStats())
+    }
+}
+
+/// Requests larger than nbdkit lets a filter send to the plugin (64 MiB for
+/// reads and writes) are split; the backend records any that is not.
+final class LargeRequestTests: EngineTestCase {
+    func testRequestsOverSixtyFourMiBAreSplit() throws {
+        let size: UInt64 = 72 * MiB
+        for mode in [CacheMode.writeback, .writethrough] {
+            let b = MemoryBackend(bytes: [UInt8](repeating: 0, count: Int(size)))
+            let e = try makeEngine(b, mode: mode, cacheOnRead: .always)
+            let data = randomBytes(Int(size), seed: 170)
+            try e.writeBytes(data, at: 0, b)
+            try e.flush(backend: b)
+            XCTAssertEqual(b.stats.writeBytes, size, "\(mode)")
+            XCTAssertLessThanOrEqual(b.stats.writeLog.map(\.length).max() ?? 0, 64 * MiB, "\(mode)")
+            assertBytes(b.allBytes, data, "\(mode): backend")
+            let b2 = MemoryBackend(bytes: data)
+            let e2 = try makeEngine(b2, mode: mode, cacheOnRead: mode == .writeback ? .always : .never)
+            assertBytes(try e2.readBytes(0, size, b2), data, "\(mode): read")
+            XCTAssertEqual(b2.stats.readBytes, size, "\(mode)")
+            XCTAssertGreaterThan(b2.stats.reads, 1, "\(mode)")
+        }
+    }
+}
