@@ -4,7 +4,6 @@ import Glibc
 import Musl
 #endif
 import CLinux
-import Synchronization
 import SystemPackage
 
 /// The sparse file holding cached blocks, shared by every connection.
@@ -20,7 +19,7 @@ public final class CacheFile: Sendable {
     /// third of the cost of `pread` for warm data. Elsewhere a mapped read of
     /// a failing disk would be SIGBUS instead of EIO, so they use `pread`.
     private let mapsReads: Bool
-    private let mappings = Mutex(Mappings())
+    private let mappings = ConditionLock(Mappings())
 
     /// Creates and unlinks the cache file in `directory`.
     public init(directory: String) throws(CacheError) {
