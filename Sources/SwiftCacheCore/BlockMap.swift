@@ -21,6 +21,11 @@ struct BlockMap {
     private(set) var dirty: BitPlane
     private(set) var cachedCount: UInt64 = 0
     private(set) var dirtyCount: UInt64 = 0
+    /// Every dirty block lies in here (it only widens until none is left),
+    /// so that finding dirty blocks costs by where they are, not by the
+    /// export's size: a flush of one block of a 1 TiB export scans one word.
+    private var dirtySpan: Range<UInt64> = 0..<0
+    private var dirtyBlocks: Range<UInt64> { dirtySpan.clamped(to: 0..<blockCount) }
     private(set) var partials: [UInt64: HeldRanges] = [:]
 
     /// Beyond this many partial blocks, partial writes read the block first.
@@ -55,7 +60,13 @@ struct BlockMap {
             }
             if wasDirty != isDirty {
                 dirty[block] = isDirty
-                if isDirty { dirtyCount += 1 } else { dirtyCount -= 1 }
+                if isDirty {
+                    dirtyCount += 1
+                    dirtySpan = dirtyCount == 1 ? block..<block + 1
+                        : Swift.min(dirtySpan.lowerBound, block)..<Swift.max(dirtySpan.upperBound, block + 1)
+                } else {
+                    dirtyCount -= 1
+                }
             }
             if newValue != .partial { partials[block] = nil }
         }
@@ -102,6 +113,7 @@ struct BlockMap {
     /// The runs of dirty or partial blocks within `blocks`.
     func dirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] {
         var runs: [Range<UInt64>] = []
+        let blocks = blocks.clamped(to: dirtyBlocks)
         var from = blocks.lowerBound
         while dirtyCount > 0, let start = dirty.firstSet(from: from, to: blocks.upperBound) {
             let end = dirty.firstClear(from: start, to: blocks.upperBound)
@@ -113,7 +125,8 @@ struct BlockMap {
 
     /// The next run of dirty or partial blocks at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
-        guard dirtyCount > 0, let start = dirty.firstSet(from: from, to: blockCount) else { return nil }
+        guard dirtyCount > 0,
+              let start = dirty.firstSet(from: Swift.max(from, dirtyBlocks.lowerBound), to: dirtyBlocks.upperBound) else { return nil }
         let end = dirty.firstClear(from: start, to: Swift.min(blockCount, start + limit))
         return start..<end
     }
