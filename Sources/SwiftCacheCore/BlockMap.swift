@@ -79,11 +79,20 @@ struct BlockMap {
     /// The ranges a partial block holds.
     func held(_ block: UInt64) -> HeldRanges? { partials[block] }
 
-    /// Whether `range` of a not-cached or partial block can be kept as a
-    /// partial block without passing the limits.
-    func canHold(_ range: Range<UInt32>, in block: UInt64) -> Bool {
-        if let held = partials[block] { return held.inserting(range).ranges.count <= HeldRanges.limit }
-        return partials.count < BlockMap.partialLimit
+    /// Which of these not-cached or partial blocks can also hold the given
+    /// range without passing the limits (per block, and on the number of
+    /// partial blocks). Concurrent writers each check before they add, so the
+    /// number of partial blocks may pass its limit by a few: it only bounds memory.
+    func holdable(_ candidates: [(block: UInt64, range: Range<UInt32>)]) -> [UInt64] {
+        var newBlocks = 0
+        return candidates.compactMap { candidate in
+            if let held = partials[candidate.block] {
+                return held.inserting(candidate.range).ranges.count <= HeldRanges.limit ? candidate.block : nil
+            }
+            guard partials.count + newBlocks < BlockMap.partialLimit else { return nil }
+            newBlocks += 1
+            return candidate.block
+        }
     }
 
     /// Records that a not-cached or partial block now also holds `range`;

@@ -48,12 +48,28 @@ public final class Engine: @unchecked Sendable {
     /// Sizes the cache for an export of `size` bytes (each connection reports
     /// the plugin's size; the map only grows, so no cached block is lost).
     public func setExportSize(_ size: UInt64) throws(CacheError) {
+        let old = exportSize
+        guard size != old else { return }
+        // A short last block cached whole holds nothing past the old end:
+        // when the export grows, the plugin's bytes there must not be hidden
+        // (or, for a dirty block, overwritten at write-back).
+        let shortLast: Range<UInt64>? = size > old && old % blockSize != 0 ? (old >> blockShift)..<(old >> blockShift) + 1 : nil
+        if let shortLast { lock(shortLast, exclusive: true) }
+        defer { if let shortLast { unlock(shortLast, exclusive: true) } }
         try state.withLock { (s: inout State) throws(CacheError) in
             let blocks = (size + blockSize - 1) >> blockShift
             if blocks > s.blocks.blockCount {
                 try file.resize(to: blocks << blockShift)
                 s.blocks.resize(to: blocks)
                 if config.maxSize != nil { s.lru.resize(to: blocks) }
+            }
+            if let block = shortLast?.lowerBound, s.exportSize == old {
+                switch s.blocks[block] {
+                case .clean: s.blocks[block] = .notCached
+                case .dirty: s.blocks.hold(0..<UInt32(old - (block << blockShift)), in: block,
+                                           length: UInt32(min(size - (block << blockShift), blockSize)))
+                case .notCached, .partial: break
+                }
             }
             s.exportSize = size
         }

@@ -61,7 +61,9 @@ extension Engine {
                 if held.ranges.count == 1 {
                     let start = block << blockShift
                     let range = held.ranges[0]
-                    try writeBack(start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound), backend: backend)
+                    // Clamped: the export may have shrunk since.
+                    try writeBack((start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)).clamped(to: 0..<exportSize),
+                                  backend: backend)
                     drop([block])
                 } else {
                     try complete(block, exportSize: exportSize, backend: backend)

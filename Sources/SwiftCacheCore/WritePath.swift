@@ -53,15 +53,13 @@ extension Engine {
         while next < write.locked.upperBound {
             let chunk = next..<next + headroom(upTo: write.locked.upperBound - next)
             let before = state.withLock { s in chunk.map { s.blocks[$0] } }
-            var partial: [UInt64] = []
-            for edge in write.edges where chunk.contains(edge) {
-                let edgeState = before[Int(edge - chunk.lowerBound)]
-                guard edgeState == .notCached || edgeState == .partial else { continue }
-                if state.withLock({ $0.blocks.canHold(write.part(of: edge), in: edge) }) {
-                    partial.append(edge)
-                } else {
-                    try complete(edge, exportSize: write.exportSize, backend: backend)
-                }
+            let edges = write.edges.filter { edge in
+                chunk.contains(edge) && [.notCached, .partial].contains(before[Int(edge - chunk.lowerBound)])
+            }
+            // Both edges are checked in one step, so that together they keep to the limits.
+            let partial = state.withLock { s in s.blocks.holdable(edges.map { ($0, write.part(of: $0)) }) }
+            for edge in edges where !partial.contains(edge) {
+                try complete(edge, exportSize: write.exportSize, backend: backend)
             }
             let span = write.bytes(of: chunk)
             do {
@@ -120,17 +118,25 @@ extension Engine {
                 drop(stale)
                 throw error
             }
-            state.withLock { s in
+            let overLimit = state.withLock { s in
+                var overLimit: [UInt64] = []
                 for block in chunk {
                     if !write.edges.contains(block) {
                         s.blocks[block] = .clean
                     } else if s.blocks[block] == .partial {
                         // The new bytes match the plugin, but the block as a whole does not.
-                        s.blocks.hold(write.part(of: block), in: block, length: write.length(of: block))
+                        if s.blocks.holdable([(block, write.part(of: block))]).isEmpty {
+                            overLimit.append(block)
+                        } else {
+                            s.blocks.hold(write.part(of: block), in: block, length: write.length(of: block))
+                        }
                     }
                 }
                 if config.maxSize != nil { s.lru.touch(chunk) }
+                return overLimit
             }
+            // Too many ranges: read the rest (the plugin now has the new bytes too).
+            for block in overLimit { try complete(block, exportSize: write.exportSize, backend: backend) }
             next = chunk.upperBound
             reclaimIfNeeded(owned: write.locked.lowerBound..<next, backend: backend)
         }

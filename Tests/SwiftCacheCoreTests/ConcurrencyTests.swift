@@ -12,12 +12,13 @@ final class ConcurrencyTests: EngineTestCase {
     /// byte read through the engine and, after a final flush, in the backend
     /// equals the model.
     private func runStripedWriters(mode: CacheMode, cacheOnRead: CacheOnRead, maxSize: UInt64?,
-                                   size: UInt64, minBlockSize: UInt64 = B, ops: Int,
+                                   size: UInt64, minBlockSize: UInt64 = B, writeBackThreads: Int = 1, ops: Int,
                                    file: StaticString = #filePath, line: UInt = #line) throws {
         let threads = 8
         let stripe = 4099
         let b = MemoryBackend(size: size, seed: 200, fuaMode: .emulate)
-        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize)
+        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
+                               writeBackThreads: writeBackThreads)
         let initial = b.allBytes
         let stripes = (Int(size) + stripe - 1) / stripe
         let models = Locked<[[UInt8]]>(Array(repeating: [], count: threads))
@@ -125,6 +126,16 @@ final class ConcurrencyTests: EngineTestCase {
     func testConcurrentWritebackWithCacheOnReadAndReclaimAnd4KBlocks() throws {
         try runStripedWriters(mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
                               minBlockSize: 4096, ops: 300)
+    }
+
+    func testConcurrentWritebackWithParallelWriteBack() throws {
+        try runStripedWriters(mode: .writeback, cacheOnRead: .never, maxSize: nil, size: 2 * MiB,
+                              writeBackThreads: 8, ops: 300)
+    }
+
+    func testConcurrentWritebackWithParallelWriteBackReclaimAnd4KBlocks() throws {
+        try runStripedWriters(mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
+                              minBlockSize: 4096, writeBackThreads: 8, ops: 300)
     }
 
     func testConcurrentWritethrough() throws {

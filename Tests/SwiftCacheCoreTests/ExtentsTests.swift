@@ -26,8 +26,8 @@ final class ExtentsTests: EngineTestCase {
     func testUnflushedWriteOverAHoleIsData() throws {
         let b = makeDisk(seed: 151)
         let e = try makeEngine(b, mode: .writeback)
-        try e.writeBytes(randomBytes(1000, seed: 152), at: 70_000, b)   // block 1 dirty
-        XCTAssertEqual(e.state(ofBlock: 1), .dirty)
+        try e.writeBytes(randomBytes(1000, seed: 152), at: 70_000, b)   // block 1 partial
+        XCTAssertEqual(e.state(ofBlock: 1), .partial)
 
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
             Extent(offset: 0, length: B, type: holeZero),
@@ -49,14 +49,22 @@ final class ExtentsTests: EngineTestCase {
         // Clean regions keep the plugin's type.
         XCTAssertEqual(try e.extents(count: 100, at: 2 * B + 5, onlyOne: false, backend: b),
                        [Extent(offset: 2 * B + 5, length: 100, type: holeZero)])
+        // Block status neither reads the plugin nor changes the partial block.
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.state(ofBlock: 1), .partial)
+        XCTAssertEqual(e.held(1), [UInt32(70_000 - B)..<UInt32(71_000 - B)])
     }
 
     func testExtentsListsAreContiguousAndCoverFromTheOffset() throws {
         let b = makeDisk(seed: 153)
         let e = try makeEngine(b, mode: .writeback)
+        // Partial blocks (one byte each) and one whole dirty block.
         for block: UInt64 in [0, 2, 3, 6, 9] {
             try e.writeBytes([1], at: block * B + 17, b)
         }
+        try e.writeBytes(Array(repeating: 1, count: Int(B)), at: 5 * B, b)
+        XCTAssertEqual(e.states(0..<10), [.partial, .notCached, .partial, .partial, .notCached,
+                                           .dirty, .partial, .notCached, .notCached, .partial])
         var rng = SplitMix64(seed: 154)
         for _ in 0..<300 {
             let offset = rng.next() % MiB
@@ -67,10 +75,10 @@ final class ExtentsTests: EngineTestCase {
             for extent in list {
                 XCTAssertEqual(extent.offset, next, "extents must be contiguous")
                 XCTAssertGreaterThan(extent.length, 0)
-                // Nothing dirty may be called a hole or zero.
+                // Nothing dirty or partial may be called a hole or zero.
                 if extent.type != 0 {
                     for block in (extent.offset / B)...((extent.offset + extent.length - 1) / B) {
-                        XCTAssertNotEqual(e.state(ofBlock: block), .dirty, "block \(block) in \(extent)")
+                        XCTAssertEqual(e.state(ofBlock: block), .notCached, "block \(block) in \(extent)")
                     }
                 }
                 next = extent.offset + extent.length

@@ -7,11 +7,12 @@ import SystemPackage
 /// unspecified until written again: the model marks them unknown.
 final class ModelTests: EngineTestCase {
     private func run(mode: CacheMode, maxSize: UInt64?, cacheOnRead: CacheOnRead, minBlockSize: UInt64,
-                     fuaMode: FUAMode, canZero: Bool, seed: UInt64, ops: Int) throws {
+                     fuaMode: FUAMode, canZero: Bool, seed: UInt64, ops: Int, writeBackThreads: Int = 1) throws {
         let size: UInt64 = 2 * MiB - 12_345          // not a multiple of any block size
-        let what = "\(mode) max=\(maxSize.map(String.init) ?? "none") \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero)"
+        let what = "\(mode) max=\(maxSize.map(String.init) ?? "none") \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero) threads=\(writeBackThreads)"
         let b = MemoryBackend(size: size, seed: seed, canZero: canZero, fuaMode: fuaMode)
-        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize)
+        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
+                               writeBackThreads: writeBackThreads)
         var model = b.allBytes
         var unknown: [Range<Int>] = []          // trimmed, not written since
         var rng = SplitMix64(seed: seed)
@@ -91,7 +92,7 @@ final class ModelTests: EngineTestCase {
         }
     }
 
-    private func runMode(_ mode: CacheMode, seed: UInt64) throws {
+    private func runMode(_ mode: CacheMode, seed: UInt64, writeBackThreads: Int = 1) throws {
         var n: UInt64 = 0
         for maxSize in [nil, MiB] {
             for cacheOnRead in [CacheOnRead.always, .never] {
@@ -99,13 +100,16 @@ final class ModelTests: EngineTestCase {
                     n += 1
                     try run(mode: mode, maxSize: maxSize, cacheOnRead: cacheOnRead, minBlockSize: minBlockSize,
                             fuaMode: n % 2 == 0 ? .native : .emulate, canZero: n % 3 != 0,
-                            seed: seed + n, ops: 150)
+                            seed: seed + n, ops: 150, writeBackThreads: writeBackThreads)
                 }
             }
         }
     }
 
     func testRandomRequestsInWriteback() throws { try runMode(.writeback, seed: 1000) }
+    func testRandomRequestsInWritebackWithParallelWriteBack() throws {
+        try runMode(.writeback, seed: 4000, writeBackThreads: 8)
+    }
     func testRandomRequestsInWritethrough() throws { try runMode(.writethrough, seed: 2000) }
     func testRandomRequestsInUnsafe() throws { try runMode(.unsafe, seed: 3000) }
 }

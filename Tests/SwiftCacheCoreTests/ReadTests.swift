@@ -115,13 +115,18 @@ final class ReadTests: EngineTestCase {
         assertBytes(try e.readBytes(936_000, 64_000, b), b.bytes(936_000, 64_000))
         XCTAssertEqual(b.stats.readLog, [Req(0, size), Req(936_000, 64_000)])
 
-        // Partial write of the uncached short last block: read-modify-write of its 16960 bytes.
+        // Partial write of the uncached short last block: nothing read, it is partial.
         var model = b.allBytes
         let data = randomBytes(100, seed: 66)
         try e.writeBytes(data, at: 999_000, b)
         model.replaceSubrange(999_000..<999_100, with: data)
-        XCTAssertEqual(b.stats.readLog.last, Req(983_040, 16960))
+        XCTAssertEqual(b.stats.reads, 2)
+        XCTAssertEqual(e.state(ofBlock: 15), .partial)
+        XCTAssertEqual(e.held(15), [15960..<16060])
+        // Reading it completes it with one read of its 16960 bytes.
         assertBytes(try e.readBytes(983_040, 16960, b), Array(model[983_040...]))
+        XCTAssertEqual(b.stats.readLog, [Req(0, size), Req(936_000, 64_000), Req(983_040, 16960)])
+        XCTAssertEqual(e.state(ofBlock: 15), .dirty)
         // A write of the whole short block is not partial: no plugin read.
         b.resetStats()
         let whole = randomBytes(16960, seed: 67)
@@ -215,8 +220,44 @@ final class ReadTests: EngineTestCase {
         assertCacheError(.invalidArgument) { _ = try e.readBytes(MiB, 1, b) }
         try e.setExportSize(2 * MiB)
         XCTAssertEqual(e.exportSize, 2 * MiB)
-        XCTAssertEqual(e.states(0..<2), [.clean, .dirty])
+        XCTAssertEqual(e.states(0..<2), [.clean, .partial])
+        XCTAssertEqual(e.held(1), [5..<8], "the partial block keeps its bytes")
         assertBytes(try e.readBytes(MiB + B, 100, b), b.bytes(MiB + B, 100))
         XCTAssertEqual(e.state(ofBlock: 17), .clean)
+        var block1 = b.bytes(B, B)
+        block1.replaceSubrange(5..<8, with: [1, 2, 3])
+        assertBytes(try e.readBytes(B, B, b), block1, "the partial block after the growth")
+        XCTAssertEqual(e.state(ofBlock: 1), .dirty)
+    }
+
+    /// The export grows from a size that is not a multiple of the block size:
+    /// the old short last block becomes a whole block. Its bytes past the old
+    /// end were never in the cache (the cache file reads zeroes there), so a
+    /// block cached whole (clean or dirty) must not serve them, nor write them
+    /// back over the plugin's bytes.
+    func testExportGrowthPastAShortLastBlockKeepsThePluginBytesPastTheOldEnd() throws {
+        let oldSize = MiB - 1000                    // block 15 is 64536 bytes long
+        for (n, mode) in ["clean", "dirty", "partial"].enumerated() {
+            let b = MemoryBackend(size: 2 * MiB, seed: 12 + UInt64(n))
+            let e = try makeEngine(b, size: oldSize, cacheOnRead: .always)
+            var model = b.allBytes
+            let data = randomBytes(Int(oldSize - 15 * B), seed: 20 + UInt64(n))
+            switch mode {
+            case "clean":
+                _ = try e.readBytes(15 * B, 10, b)
+            case "dirty":
+                try e.writeBytes(data, at: 15 * B, b)
+                model.replaceSubrange(Int(15 * B)..<Int(oldSize), with: data)
+            default:
+                try e.writeBytes(Array(data[100...]), at: 15 * B + 100, b)
+                model.replaceSubrange(Int(15 * B) + 100..<Int(oldSize), with: data[100...])
+            }
+            XCTAssertEqual(e.state(ofBlock: 15), mode == "clean" ? .clean : mode == "dirty" ? .dirty : .partial, mode)
+            try e.setExportSize(2 * MiB)
+            assertBytes(try e.readBytes(15 * B, B, b), Array(model[Int(15 * B)..<Int(16 * B)]),
+                        "\(mode): old short block read after the growth")
+            try e.flush(backend: b)
+            assertBytes(b.allBytes, model, "\(mode): backend after flush")
+        }
     }
 }

@@ -115,6 +115,95 @@ final class BlockMapTests: XCTestCase {
         XCTAssertNil(map.nextDirtyRun(from: 200, limit: 100))
     }
 
+    func testPartialBlocksHoldRangesUntilWhole() {
+        var map = BlockMap(blocks: 100)
+        map.hold(100..<200, in: 5, length: 65536)
+        XCTAssertEqual(map[5], .partial)
+        XCTAssertFalse(map.cached[5], "a partial block is not cached whole")
+        XCTAssertTrue(map.dirty[5])
+        XCTAssertEqual(map.cachedCount, 0)
+        XCTAssertEqual(map.dirtyCount, 1)
+        XCTAssertEqual(map.occupiedCount, 1, "but it occupies a block of the cache file")
+        XCTAssertEqual(map.held(5)?.ranges, [100..<200])
+        XCTAssertNil(map.held(4))
+        map.hold(300..<400, in: 5, length: 65536)
+        XCTAssertEqual(map.held(5)?.ranges, [100..<200, 300..<400])
+        map.hold(200..<300, in: 5, length: 65536)
+        XCTAssertEqual(map.held(5)?.ranges, [100..<400])
+        XCTAssertEqual(map.dirtyCount, 1)
+        XCTAssertEqual(map.occupiedCount, 1)
+
+        map[3] = .dirty
+        XCTAssertEqual(map.firstPartial(in: 0..<100), 5, "dirty block 3 is not partial")
+        XCTAssertNil(map.firstPartial(in: 6..<100))
+        XCTAssertNil(map.firstPartial(in: 0..<5))
+        XCTAssertEqual(map.dirtyRuns(in: 0..<100), [3..<4, 5..<6], "partial blocks are written back too")
+        map[4] = .dirty
+        XCTAssertEqual(map.dirtyRuns(in: 0..<100), [3..<6])
+        XCTAssertEqual(map.nextDirtyRun(from: 0, limit: 10), 3..<6)
+
+        // Ranges that merge to cover the block make it dirty.
+        map.hold(0..<100, in: 5, length: 65536)
+        XCTAssertEqual(map[5], .partial)
+        map.hold(400..<65536, in: 5, length: 65536)
+        XCTAssertEqual(map[5], .dirty)
+        XCTAssertNil(map.held(5))
+        XCTAssertNil(map.firstPartial(in: 0..<100))
+        XCTAssertEqual(map.cachedCount, 3)
+        XCTAssertEqual(map.dirtyCount, 3)
+        XCTAssertEqual(map.occupiedCount, 3)
+
+        // A short last block is whole at its own length.
+        map.hold(0..<16960, in: 99, length: 16960)
+        XCTAssertEqual(map[99], .dirty)
+        map[99] = .notCached
+
+        // Any other state forgets the ranges.
+        map.hold(10..<20, in: 7, length: 65536)
+        map[7] = .clean
+        XCTAssertNil(map.held(7))
+        XCTAssertEqual(map.dirtyCount, 3)
+        map.hold(10..<20, in: 8, length: 65536)
+        map[8] = .notCached
+        XCTAssertNil(map.held(8))
+        XCTAssertEqual(map.occupiedCount, 4)
+        XCTAssertEqual(map.dirtyCount, 3)
+
+        // A shrink forgets partial blocks past the end.
+        map.hold(10..<20, in: 70, length: 65536)
+        XCTAssertEqual(map.occupiedCount, 5)
+        map.resize(to: 50)
+        XCTAssertNil(map.held(70))
+        XCTAssertEqual(map.occupiedCount, 4)
+        XCTAssertEqual(map.dirtyCount, 3)
+        map.resize(to: 100)
+        XCTAssertEqual(map[70], .notCached)
+    }
+
+    func testCanHoldKeepsTheLimits() {
+        var map = BlockMap(blocks: 100)
+        XCTAssertTrue(map.holdable([(1, 0..<10)]) == [1])
+        for i in UInt32(0)..<UInt32(HeldRanges.limit) { map.hold(i * 100..<i * 100 + 10, in: 1, length: 65536) }
+        XCTAssertEqual(map.held(1)?.ranges.count, 16)
+        XCTAssertFalse(map.holdable([(1, 5000..<5010)]) == [1], "a 17th range")
+        XCTAssertTrue(map.holdable([(1, 10..<20)]) == [1], "touching a range: still 16")
+        XCTAssertTrue(map.holdable([(1, 50..<150)]) == [1], "bridging two ranges: 15")
+        XCTAssertEqual(map.held(1)?.ranges.count, 16, "canHold changes nothing")
+    }
+
+    func testNoMorePartialBlocksThanTheLimit() {
+        let limit = UInt64(BlockMap.partialLimit)
+        var map = BlockMap(blocks: limit + 10)
+        for block in UInt64(0)..<limit - 1 { map.hold(0..<1, in: block, length: 65536) }
+        XCTAssertTrue(map.holdable([(limit, 0..<1)]) == [limit], "the last one allowed")
+        map.hold(0..<1, in: limit - 1, length: 65536)
+        XCTAssertEqual(map.partials.count, BlockMap.partialLimit)
+        XCTAssertFalse(map.holdable([(limit, 0..<1)]) == [limit], "no new partial block past the limit")
+        XCTAssertTrue(map.holdable([(3, 5..<6)]) == [3], "an existing partial block may still grow")
+        map[3] = .dirty
+        XCTAssertTrue(map.holdable([(limit, 0..<1)]) == [limit])
+    }
+
     func testShrinkKeepsCountsRight() {
         var map = BlockMap(blocks: 100)
         map.set(0..<10, to: .clean)
@@ -129,40 +218,41 @@ final class BlockMapTests: XCTestCase {
 }
 
 final class LRUTests: XCTestCase {
-    private func plane(_ count: UInt64, _ set: [UInt64]) -> BitPlane {
-        var p = BitPlane(count: count)
-        for block in set { p[block] = true }
-        return p
+    /// A block map in which `set` are clean.
+    private func map(_ count: UInt64, _ set: [UInt64]) -> BlockMap {
+        var map = BlockMap(blocks: count)
+        for block in set { map[block] = .clean }
+        return map
     }
 
     func testUntouchedBlocksGoFirstThenOlderThenRecent() {
         var lru = LRU(blocks: 128, generationSize: 4)
-        let cached = plane(128, Array(0..<6))
+        let cached = map(128, Array(0..<6))
         lru.touch(0..<4)    // a full generation: 0...3 become "older"
         lru.touch(4..<5)    // 4 is recent
-        XCTAssertEqual(lru.victim(cached: cached, isEvictable: { _ in true }), 5, "never touched")
-        let without5 = plane(128, Array(0..<5))
-        XCTAssertEqual(lru.victim(cached: without5, isEvictable: { _ in true }).map { $0 < 4 }, true,
+        XCTAssertEqual(lru.victim(cached, isEvictable: { _ in true }), 5, "never touched")
+        let without5 = map(128, Array(0..<5))
+        XCTAssertEqual(lru.victim(without5, isEvictable: { _ in true }).map { $0 < 4 }, true,
                        "then the older generation")
-        XCTAssertEqual(lru.victim(cached: without5, isEvictable: { $0 >= 4 }), 4, "then any block")
-        XCTAssertNil(lru.victim(cached: without5, isEvictable: { _ in false }))
-        XCTAssertNil(lru.victim(cached: plane(128, []), isEvictable: { _ in true }))
+        XCTAssertEqual(lru.victim(without5, isEvictable: { $0 >= 4 }), 4, "then any block")
+        XCTAssertNil(lru.victim(without5, isEvictable: { _ in false }))
+        XCTAssertNil(lru.victim(map(128, []), isEvictable: { _ in true }))
     }
 
     func testVictimsSpreadAndForgetResets() {
         var lru = LRU(blocks: 256, generationSize: 1000)
-        let cached = plane(256, [3, 70, 200])
+        let cached = map(256, [3, 70, 200])
         var seen: Set<UInt64> = []
         var current = cached
-        while let v = lru.victim(cached: current, isEvictable: { _ in true }) {
+        while let v = lru.victim(current, isEvictable: { _ in true }) {
             seen.insert(v)
-            current[v] = false
+            current[v] = .notCached
             lru.forget(v)
         }
         XCTAssertEqual(seen, [3, 70, 200])
         lru.touch(3..<4)
         lru.forget(3)
-        XCTAssertEqual(lru.victim(cached: plane(256, [3, 4]), isEvictable: { _ in true }), 3,
+        XCTAssertEqual(lru.victim(map(256, [3, 4]), isEvictable: { _ in true }), 3,
                        "a forgotten block counts as untouched")
     }
 
@@ -172,9 +262,25 @@ final class LRUTests: XCTestCase {
         lru.touch(0..<1)
         lru.touch(0..<1)
         lru.touch(1..<2)    // 2 distinct blocks: still one generation
-        let cached = plane(64, [0, 1, 2])
-        XCTAssertEqual(lru.victim(cached: cached, isEvictable: { _ in true }), 2)
-        XCTAssertEqual(lru.victim(cached: plane(64, [0, 1]), isEvictable: { $0 != 1 }), 0)
+        let cached = map(64, [0, 1, 2])
+        XCTAssertEqual(lru.victim(cached, isEvictable: { _ in true }), 2)
+        XCTAssertEqual(lru.victim(map(64, [0, 1]), isEvictable: { $0 != 1 }), 0)
+    }
+
+    func testPartialAndDirtyBlocksAreCandidatesNotUncachedOnes() {
+        var lru = LRU(blocks: 256, generationSize: 1000)
+        var blocks = BlockMap(blocks: 256)
+        XCTAssertNil(lru.victim(blocks, isEvictable: { _ in true }))
+        blocks.hold(10..<20, in: 130, length: 65536)      // partial: it occupies space too
+        XCTAssertEqual(blocks[130], .partial)
+        XCTAssertEqual(lru.victim(blocks, isEvictable: { _ in true }), 130)
+        blocks[7] = .dirty
+        lru.touch(130..<131)
+        XCTAssertEqual(lru.victim(blocks, isEvictable: { _ in true }), 7, "the untouched block first")
+        XCTAssertEqual(lru.victim(blocks, isEvictable: { $0 != 7 }), 130)
+        blocks[130] = .notCached
+        blocks[7] = .notCached
+        XCTAssertNil(lru.victim(blocks, isEvictable: { _ in true }))
     }
 }
 

@@ -35,45 +35,75 @@ final class WriteTests: EngineTestCase {
         XCTAssertEqual(b.stats.flushes, 2)
     }
 
-    func testWritebackPartialWriteOfUncachedBlockIsReadModifyWrite() throws {
+    func testWritebackPartialWriteOfUncachedBlockReadsNothingAndKeepsItPartial() throws {
         let b = MemoryBackend(size: MiB, seed: 22)
         let e = try makeEngine(b, mode: .writeback)
         var model = b.allBytes
 
+        // Part of uncached block 1: no plugin read, the block holds just those bytes.
         let data = randomBytes(1000, seed: 23)
         try e.writeBytes(data, at: B + 5000, b)
         model.replaceSubrange(Int(B) + 5000..<Int(B) + 6000, with: data)
-        XCTAssertEqual(b.stats.readLog, [Req(B, B)], "the block is read once")
-        XCTAssertEqual(b.stats.writes, 0)
-        XCTAssertEqual(e.states(0..<3), [.notCached, .dirty, .notCached])
+        XCTAssertEqual(b.stats, BackendStats(), "a write in writeback never reaches the plugin")
+        XCTAssertEqual(e.states(0..<3), [.notCached, .partial, .notCached])
+        XCTAssertEqual(e.held(1), [5000..<6000])
+        XCTAssertEqual(e.cachedBytes, B, "a partial block occupies a block")
+        XCTAssertEqual(e.dirtyBlockCount, 1)
+        // Reading it completes it: one plugin read of the block, then it is whole and dirty.
         assertBytes(try e.readBytes(B, B, b), Array(model[Int(B)..<Int(2 * B)]), "merged block")
-        XCTAssertEqual(b.stats.reads, 1, "the merged block is read from the cache")
+        XCTAssertEqual(b.stats.readLog, [Req(B, B)], "the block is read once, to complete it")
+        XCTAssertEqual(e.state(ofBlock: 1), .dirty)
+        XCTAssertNil(e.held(1))
+        assertBytes(try e.readBytes(B + 4000, 3000, b), Array(model[Int(B) + 4000..<Int(B) + 7000]))
+        XCTAssertEqual(b.stats.reads, 1, "the completed block is read from the cache")
 
-        // A write straddling blocks 2 and 3: both edges read once.
+        // A write straddling blocks 2 and 3: two partial blocks, nothing read.
         let straddle = randomBytes(200, seed: 24)
         try e.writeBytes(straddle, at: 3 * B - 100, b)
         model.replaceSubrange(Int(3 * B) - 100..<Int(3 * B) + 100, with: straddle)
-        XCTAssertEqual(b.stats.readLog.sorted(), [Req(B, B), Req(2 * B, B), Req(3 * B, B)])
-        XCTAssertEqual(e.states(0..<5), [.notCached, .dirty, .dirty, .dirty, .notCached])
+        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(e.states(0..<5), [.notCached, .dirty, .partial, .partial, .notCached])
+        XCTAssertEqual(e.held(2), [UInt32(B) - 100..<UInt32(B)])
+        XCTAssertEqual(e.held(3), [0..<100])
 
-        // A write with partial head and tail and whole blocks between: only the edges are read.
+        // Partial head and tail with whole blocks between: the edges are partial,
+        // the whole blocks dirty, nothing read.
         let wide = randomBytes(Int(3 * B), seed: 25)
         try e.writeBytes(wide, at: 5 * B + 123, b)
         model.replaceSubrange(Int(5 * B) + 123..<Int(8 * B) + 123, with: wide)
-        XCTAssertEqual(Array(b.stats.readLog.sorted().suffix(2)), [Req(5 * B, B), Req(8 * B, B)])
-        XCTAssertEqual(b.stats.reads, 5)
+        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(e.states(4..<10), [.notCached, .partial, .dirty, .dirty, .partial, .notCached])
+        XCTAssertEqual(e.held(5), [123..<UInt32(B)])
+        XCTAssertEqual(e.held(8), [0..<123])
 
-        // A partial write of a block the cache holds reads nothing.
+        // A partial write of a block the cache holds whole reads nothing and keeps it dirty.
         try e.writeBytes([9, 9, 9], at: B + 7, b)
         model.replaceSubrange(Int(B) + 7..<Int(B) + 10, with: [9, 9, 9])
-        XCTAssertEqual(b.stats.reads, 5)
+        XCTAssertEqual(e.state(ofBlock: 1), .dirty)
 
-        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+        // A write overlapping a held range merges with it.
+        let more = randomBytes(250, seed: 26)
+        try e.writeBytes(more, at: 3 * B - 300, b)
+        model.replaceSubrange(Int(3 * B) - 300..<Int(3 * B) - 50, with: more)
+        XCTAssertEqual(e.held(2), [UInt32(B) - 300..<UInt32(B)])
+
+        XCTAssertEqual(b.stats.readLog, [Req(B, B)])
         XCTAssertEqual(b.stats.writes, 0)
+        XCTAssertEqual(e.cachedBytes, 7 * B)
+        XCTAssertEqual(e.dirtyBlockCount, 7)
+
+        // Flush: each one-range partial block writes exactly its bytes and
+        // leaves the cache; whole dirty blocks go in runs. Nothing is read.
         try e.flush(backend: b)
-        // Dirty runs: blocks 1...3 and 5...8.
-        XCTAssertEqual(b.stats.writeLog, [Req(B, 3 * B), Req(5 * B, 4 * B)])
+        XCTAssertEqual(b.stats.readLog, [Req(B, B)], "write-back of one-range partial blocks reads nothing")
+        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(B, B), Req(3 * B - 300, 300), Req(3 * B, 100),
+                                                   Req(5 * B + 123, B - 123), Req(6 * B, 2 * B), Req(8 * B, 123)])
+        XCTAssertEqual(e.states(0..<10), [.notCached, .clean, .notCached, .notCached, .notCached,
+                                          .notCached, .clean, .clean, .notCached, .notCached])
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        XCTAssertEqual(e.cachedBytes, 3 * B)
         assertBytes(b.allBytes, model, "backend after flush")
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
     }
 
     func testWritebackPartialWriteOfCleanBlockReadsNothing() throws {
@@ -89,17 +119,47 @@ final class WriteTests: EngineTestCase {
         assertBytes(try e.readBytes(0, B, b), model)
     }
 
-    func testWritebackReadModifyWriteFailureChangesNothing() throws {
+    func testWritebackPartialWriteSucceedsWhileThePluginFailsReadsAndAFailedCompletionChangesNothing() throws {
         let b = MemoryBackend(size: MiB, seed: 27)
         let e = try makeEngine(b, mode: .writeback)
-        let original = b.allBytes
-        b.failNextReads(1, .ioError)
-        assertCacheError(.ioError) { try e.writeBytes([1, 2, 3], at: 100, b) }
-        XCTAssertEqual(e.state(ofBlock: 0), .notCached)
-        XCTAssertEqual(e.dirtyBlockCount, 0)
-        assertBytes(try e.readBytes(0, B, b), Array(original[..<Int(B)]))
-        try e.flush(backend: b)
+        var model = b.allBytes
+        b.failNextReads(1000, .ioError)
+
+        // Partial writes need no plugin read: they succeed however the plugin reads.
+        try e.writeBytes([1, 2, 3], at: 100, b)
+        try e.writeBytes([4, 5], at: 5000, b)
+        model.replaceSubrange(100..<103, with: [1, 2, 3])
+        model.replaceSubrange(5000..<5002, with: [4, 5])
+        XCTAssertEqual(b.stats.failedReads, 0, "the writes did not try to read")
+        XCTAssertEqual(e.state(ofBlock: 0), .partial)
+        XCTAssertEqual(e.held(0), [100..<103, 5000..<5002])
+
+        // Any read of the block, even of held bytes only, and CACHE must
+        // complete it first: that read fails, and nothing changes.
+        assertCacheError(.ioError) { _ = try e.readBytes(0, B, b) }
+        assertCacheError(.ioError) { _ = try e.readBytes(100, 3, b) }
+        assertCacheError(.ioError) { try e.cache(count: 10, at: 5000, backend: b) }
+        XCTAssertEqual(b.stats.failedReads, 3)
+        // A flush needs the block whole (two ranges): its completion fails too.
+        assertCacheError(.ioError) { try e.flush(backend: b) }
+        XCTAssertEqual(b.stats.failedReads, 4)
+        XCTAssertEqual(b.stats.reads, 0)
         XCTAssertEqual(b.stats.writes, 0)
+        XCTAssertEqual(e.state(ofBlock: 0), .partial)
+        XCTAssertEqual(e.held(0), [100..<103, 5000..<5002])
+        XCTAssertEqual(e.dirtyBlockCount, 1)
+        XCTAssertEqual(e.cachedBytes, B)
+
+        // Once reads work again, the data is right.
+        b.clearFaults()
+        assertBytes(try e.readBytes(0, B, b), Array(model[..<Int(B)]), "completed block")
+        XCTAssertEqual(b.stats.readLog, [Req(0, B)])
+        XCTAssertEqual(e.state(ofBlock: 0), .dirty)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, B)])
+        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(e.state(ofBlock: 0), .clean)
+        assertBytes(b.allBytes, model, "backend after flush")
     }
 
     // MARK: writethrough
@@ -301,13 +361,23 @@ final class WriteTests: EngineTestCase {
     func testFUAInUnsafeModeWritesNothingAndFlushesNothing() throws {
         let b = MemoryBackend(size: MiB, seed: 58, fuaMode: .native)
         let e = try makeEngine(b, mode: .unsafe)
+        var model = b.allBytes
         let data = randomBytes(Int(B), seed: 59)
         try e.writeBytes(data, at: B, fua: true, b)
         try e.writeBytes([1], at: 10, fua: true, b)
-        XCTAssertEqual(b.stats.writes, 0)
-        XCTAssertEqual(b.stats.flushes, 0)
-        XCTAssertEqual(e.states(0..<2), [.dirty, .dirty])
+        model.replaceSubrange(Int(B)..<Int(2 * B), with: data)
+        model[10] = 1
+        // FUA is ignored: the writes stay in the cache like any other (the
+        // partial one as a partial block), and nothing reaches the plugin.
+        XCTAssertEqual(b.stats, BackendStats())
+        XCTAssertEqual(e.states(0..<2), [.partial, .dirty])
+        XCTAssertEqual(e.held(0), [10..<11])
         assertBytes(try e.readBytes(B, B, b), data)
+        XCTAssertEqual(b.stats.reads, 0)
+        assertBytes(try e.readBytes(0, B, b), Array(model[..<Int(B)]))
+        XCTAssertEqual(b.stats.readLog, [Req(0, B)], "reading the partial block completes it")
+        XCTAssertEqual(e.states(0..<2), [.dirty, .dirty])
+        XCTAssertEqual(b.stats.writes + b.stats.flushes, 0)
     }
 
     func testWritesBeyondTheEndAreRefused() throws {

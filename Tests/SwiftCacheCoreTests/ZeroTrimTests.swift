@@ -37,18 +37,43 @@ final class ZeroTests: EngineTestCase {
         try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
 
-        // Bytes 10000..<210000: partial blocks 0 and 3 are read, nothing is written.
-        XCTAssertEqual(b.stats.readLog.sorted(), [Req(0, B), Req(3 * B, B)])
-        XCTAssertEqual(b.stats.writes + b.stats.zeros + b.stats.trims + b.stats.flushes, 0)
-        XCTAssertEqual(e.states(0..<5), [.dirty, .dirty, .dirty, .dirty, .notCached])
-        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+        // Bytes 10000..<210000: blocks 1 and 2 whole (dirty), blocks 0 and 3
+        // in part (partial: nothing is read). Nothing reaches the plugin.
+        XCTAssertEqual(b.stats, BackendStats())
+        XCTAssertEqual(e.states(0..<5), [.partial, .dirty, .dirty, .partial, .notCached])
+        XCTAssertEqual(e.held(0), [10_000..<UInt32(B)])
+        XCTAssertEqual(e.held(3), [0..<UInt32(210_000 - 3 * B)])
+        assertBytes(try e.readBytes(B, 2 * B, b), Array(model[Int(B)..<Int(3 * B)]), "whole zeroed blocks")
+        XCTAssertEqual(b.stats.reads, 0, "whole zeroed blocks read from the cache")
         assertBytes(b.allBytes, original, "backend before flush")
 
+        // Flush: the partial blocks write exactly their zeroes, the whole
+        // blocks go as one run; no plugin read.
         try e.flush(backend: b)
-        assertBytes(b.allBytes, model, "backend after flush")
-        XCTAssertGreaterThan(b.stats.writes + b.stats.zeros, 0)
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(10_000, B - 10_000), Req(B, 2 * B), Req(3 * B, 210_000 - 3 * B)])
+        XCTAssertEqual(b.stats.zeros, 0, "cached zeroes are written back as data (SPEC §4)")
         XCTAssertEqual(b.stats.flushes, 1)
+        XCTAssertEqual(e.states(0..<5), [.notCached, .clean, .clean, .notCached, .notCached])
         XCTAssertEqual(e.dirtyBlockCount, 0)
+        assertBytes(b.allBytes, model, "backend after flush")
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+    }
+
+    func testReadingAPartlyZeroedBlockCompletesIt() throws {
+        let b = MemoryBackend(size: MiB, seed: 77)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
+        model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
+        // Reading everything completes blocks 0 and 3 (one read each) and reads
+        // the uncached rest; the zeroes come from the cache.
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+        XCTAssertEqual(b.stats.readLog.sorted(), [Req(0, B), Req(3 * B, B), Req(4 * B, 12 * B)])
+        XCTAssertEqual(e.states(0..<5), [.dirty, .dirty, .dirty, .dirty, .notCached])
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog, [Req(0, 4 * B)], "one run once the edges are whole")
+        assertBytes(b.allBytes, model, "backend after flush")
     }
 
     func testZeroOverCachedDataInWriteback() throws {
@@ -108,35 +133,40 @@ final class TrimTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         var model = b.allBytes
         try e.cache(count: 4 * B, at: 0, backend: b)                       // 0...3 clean
+        try e.writeBytes([9, 9], at: 4 * B + 5, b)                          // 4 partial
         let dirty = randomBytes(Int(2 * B), seed: 81)
         try e.writeBytes(dirty, at: 5 * B, b)                               // 5, 6 dirty
-        try e.writeBytes([1, 2, 3], at: 7 * B + 1000, b)                    // 7 dirty (RMW)
+        try e.writeBytes([1, 2, 3], at: 7 * B + 1000, b)                    // 7 partial
         model.replaceSubrange(Int(5 * B)..<Int(7 * B), with: dirty)
         model.replaceSubrange(Int(7 * B) + 1000..<Int(7 * B) + 1003, with: [1, 2, 3])
-        XCTAssertEqual(e.states(0..<8), [.clean, .clean, .clean, .clean, .notCached, .dirty, .dirty, .dirty])
+        XCTAssertEqual(e.states(0..<8), [.clean, .clean, .clean, .clean, .partial, .dirty, .dirty, .partial])
+        XCTAssertEqual(b.stats.reads, 1, "only the CACHE request read the plugin")
 
         // Blocks 1 and 2, whole.
         try e.trim(count: 2 * B, at: B, fua: false, backend: b)
         model.replaceSubrange(Int(B)..<Int(3 * B), with: repeatElement(0, count: Int(2 * B)))
-        // Blocks 5 and 6 whole, 50 bytes of 7 (dirty, partly covered: it stays).
-        try e.trim(count: 2 * B + 50, at: 5 * B, fua: false, backend: b)
-        model.replaceSubrange(Int(5 * B)..<Int(7 * B) + 50, with: repeatElement(0, count: Int(2 * B) + 50))
+        // Blocks 4 (partial), 5 and 6 whole, 50 bytes of 7 (partial, partly covered: it stays).
+        try e.trim(count: 3 * B + 50, at: 4 * B, fua: false, backend: b)
+        model.replaceSubrange(Int(4 * B)..<Int(7 * B) + 50, with: repeatElement(0, count: Int(3 * B) + 50))
 
-        XCTAssertEqual(b.stats.trimLog, [Req(B, 2 * B), Req(5 * B, 2 * B + 50)])
-        XCTAssertEqual(e.states(0..<8), [.clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached, .dirty])
+        XCTAssertEqual(b.stats.trimLog, [Req(B, 2 * B), Req(4 * B, 3 * B + 50)])
+        XCTAssertEqual(e.states(0..<8), [.clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached, .partial])
+        XCTAssertEqual(e.held(7), [1000..<1003], "a partly trimmed partial block keeps what it holds")
         XCTAssertEqual(e.dirtyBlockCount, 1)
         XCTAssertEqual(e.cachedBytes, 3 * B)
         // The trimmed blocks read from the backend (zeroes, like the memory plugin).
         let reads = b.stats.reads
         assertBytes(try e.readBytes(B, 2 * B, b), Array(repeating: 0, count: Int(2 * B)))
-        XCTAssertEqual(b.stats.reads, reads + 1)
+        assertBytes(try e.readBytes(4 * B, 3 * B, b), Array(repeating: 0, count: Int(3 * B)))
+        XCTAssertEqual(b.stats.reads, reads + 2)
 
-        // Only block 7 is left to write back.
+        // Only block 7's held bytes are left to write back: one exact write, no read.
         try e.flush(backend: b)
-        XCTAssertEqual(b.stats.writeLog, [Req(7 * B, B)])
-        // Block 7's bytes beyond the trim are what was written; the 50 trimmed bytes are unspecified.
-        assertBytes(b.bytes(7 * B + 50, B - 50), Array(model[Int(7 * B) + 50..<Int(8 * B)]))
-        assertBytes(b.bytes(0, 7 * B), Array(model[..<Int(7 * B)]))
+        XCTAssertEqual(b.stats.writeLog, [Req(7 * B + 1000, 3)])
+        XCTAssertEqual(b.stats.reads, reads + 2)
+        XCTAssertEqual(e.state(ofBlock: 7), .notCached)
+        assertBytes(b.allBytes, model, "backend after flush")
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
     }
 
     func testTrimOfPartOfACleanBlockDropsIt() throws {

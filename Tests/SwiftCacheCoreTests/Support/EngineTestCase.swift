@@ -27,10 +27,12 @@ class EngineTestCase: XCTestCase {
         super.tearDown()
     }
 
-    /// An engine over `backend` for an export of `size` (default: the backend's size).
+    /// An engine over `backend` for an export of `size` (default: the backend's
+    /// size), writing back on up to `writeBackThreads` threads at once.
     func makeEngine(_ backend: MemoryBackend, size: UInt64? = nil, mode: CacheMode = .writeback,
                     cacheOnRead: CacheOnRead = .never, maxSize: UInt64? = nil,
-                    minBlockSize: UInt64 = B, configure: (inout CacheConfig) -> Void = { _ in },
+                    minBlockSize: UInt64 = B, writeBackThreads: Int = 1,
+                    configure: (inout CacheConfig) -> Void = { _ in },
                     file: StaticString = #filePath, line: UInt = #line) throws -> Engine {
         backends.append(backend)
         var config = CacheConfig()
@@ -40,7 +42,7 @@ class EngineTestCase: XCTestCase {
         config.minBlockSize = minBlockSize
         configure(&config)
         let cacheFile = try CacheFile(directory: directory)
-        let engine = Engine(config: config, file: cacheFile)
+        let engine = Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads)
         try engine.setExportSize(size ?? backend.size)
         // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
         XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file, line: line)

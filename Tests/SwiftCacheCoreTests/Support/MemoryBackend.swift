@@ -3,12 +3,11 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Synchronization
 import SystemPackage
 @testable import SwiftCacheCore
 
 /// One request as the backend received it.
-struct Req: Equatable, Comparable, CustomStringConvertible {
+struct Req: Hashable, Comparable, CustomStringConvertible {
     var offset: UInt64
     var length: UInt64
     var fua: Bool
@@ -83,7 +82,9 @@ final class MemoryBackend: Backend, Sendable {
         var extentsAnswer: (@Sendable (_ count: UInt64, _ offset: UInt64, _ onlyOne: Bool) -> [Extent])?
     }
 
-    private let state: Mutex<State>
+    // The core's pthread lock rather than Synchronization.Mutex, whose
+    // futex the thread sanitizer cannot see.
+    private let state: ConditionLock<State>
 
     init(bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
          fuaMode: FUAMode = .native) {
@@ -92,7 +93,7 @@ final class MemoryBackend: Backend, Sendable {
         self.canFlush = canFlush
         self.canZero = canZero
         self.fuaMode = fuaMode
-        state = Mutex(State(disk: bytes))
+        state = ConditionLock(State(disk: bytes))
     }
 
     /// A disk of `size` pseudo-random bytes.
@@ -312,11 +313,11 @@ final class MemoryBackend: Backend, Sendable {
 
 // MARK: - Other helpers
 
-/// A value behind a `Synchronization.Mutex`, shareable between threads.
-final class Locked<Value>: Sendable {
-    let mutex: Mutex<Value>
-    init(_ value: sending Value) { mutex = Mutex(value) }
-    func withLock<R>(_ body: (inout sending Value) -> sending R) -> sending R { mutex.withLock(body) }
+/// A value behind a lock, shareable between threads.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock: ConditionLock<Value>
+    init(_ value: Value) { lock = ConditionLock(value) }
+    func withLock<R>(_ body: (inout Value) -> R) -> R { lock.withLock(body) }
 }
 
 /// SplitMix64: small, fast, deterministic.
@@ -395,6 +396,15 @@ extension Engine {
     func states(_ blocks: Range<UInt64>) -> [BlockState] {
         blocks.map { state(ofBlock: $0) }
     }
+
+    /// The byte ranges a partial block holds (offsets within the block), nil
+    /// for any other block.
+    func held(_ block: UInt64) -> [Range<UInt32>]? {
+        state.withLock { $0.blocks.held(block)?.ranges }
+    }
+
+    /// How many partial blocks the cache keeps.
+    var partialBlockCount: Int { state.withLock { $0.blocks.partials.count } }
 }
 
 /// Another nbdkit connection to the same plugin: the same disk, its own
