@@ -90,7 +90,10 @@ public final class CacheFile: Sendable {
 
     /// Grows the file (it never shrinks: blocks past a smaller size stay).
     func resize(to size: UInt64) throws(CacheError) {
-        do { try fd.resize(to: Int64(size)) } catch {
+        guard let length = Int64(exactly: size) else {
+            throw CacheError(.fileTooLarge, "cache file resize to \(size)")
+        }
+        do { try fd.resize(to: length) } catch {
             throw CacheError(error as? Errno ?? .ioError, "cache file resize to \(size)")
         }
         guard mapsReads, size > 0 else { return }

@@ -58,6 +58,14 @@ public final class Engine: @unchecked Sendable {
         defer { if let shortLast { unlock(shortLast, exclusive: true) } }
         try state.withLock { (s: inout State) throws(CacheError) in
             let blocks = (size + blockSize - 1) >> blockShift
+            // Block states (and LRU) cost 2 (4) bits a block: refuse an export
+            // whose map would not fit in half of the machine's memory.
+            let mapBytes = blocks / 8 * (config.maxSize == nil ? 2 : 4)
+            let memory = physicalMemory()
+            guard memory == 0 || mapBytes <= memory / 2 else {
+                throw CacheError(.noMemory, "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
+                                 + "with \(blockSize)-byte blocks (raise cache-min-block-size)")
+            }
             if blocks > s.blocks.blockCount {
                 try file.resize(to: blocks << blockShift)
                 s.blocks.resize(to: blocks)

@@ -69,3 +69,9 @@ extension FileDescriptor {
 func fileExists(_ path: String) -> Bool {
     access(path, F_OK) == 0
 }
+
+/// Bytes of physical memory (0 if unknown).
+func physicalMemory() -> UInt64 {
+    let pages = sysconf(Int32(_SC_PHYS_PAGES)), pageSize = sysconf(Int32(_SC_PAGESIZE))
+    return pages > 0 && pageSize > 0 ? UInt64(pages) * UInt64(pageSize) : 0
+}
