@@ -10,6 +10,9 @@ import SystemPackage
 public final class Engine: @unchecked Sendable {
     /// Largest single plugin request we make (nbdkit allows 64 MiB).
     public static let maxTransfer: UInt64 = 32 << 20
+    /// writethrough writes at least this large store their cache copy while
+    /// the plugin takes the write (see `storeThrough`).
+    static let overlapThreshold: UInt64 = 256 << 10
 
     public let config: CacheConfig
     /// max(cache-min-block-size, the cache file system's block size).

@@ -44,14 +44,16 @@ extension Engine {
         if flushAfter { try flush(backend: backend) }
     }
 
-    /// writeback/unsafe: the blocks become dirty in the cache; a block the
-    /// write covers only in part and the cache does not hold whole becomes
-    /// (or stays) partial, unless that would pass the partial limits, in
-    /// which case it is completed from the plugin first.
-    private func storeBack(_ payload: Payload, _ write: BlockWrite, backend: some Backend) throws(CacheError) {
-        var next = write.locked.lowerBound
-        while next < write.locked.upperBound {
-            let chunk = next..<next + headroom(upTo: write.locked.upperBound - next)
+    /// writeback/unsafe: `blocks` (all the write's blocks unless said) become
+    /// dirty in the cache; a block the write covers only in part and the
+    /// cache does not hold whole becomes (or stays) partial, unless that would
+    /// pass the partial limits, in which case it is completed from the plugin first.
+    private func storeBack(_ payload: Payload, _ write: BlockWrite, blocks: Range<UInt64>? = nil,
+                           backend: some Backend) throws(CacheError) {
+        let blocks = blocks ?? write.locked
+        var next = blocks.lowerBound
+        while next < blocks.upperBound {
+            let chunk = next..<next + headroom(upTo: blocks.upperBound - next)
             let before = state.withLock { s in chunk.map { s.blocks[$0] } }
             let edges = write.edges.filter { edge in
                 chunk.contains(edge) && [.notCached, .partial].contains(before[Int(edge - chunk.lowerBound)])
@@ -86,59 +88,54 @@ extension Engine {
     }
 
     /// writethrough, or FUA: the plugin gets the client's bytes as they are,
-    /// then cached copies are brought up to date. Wholly written blocks become
-    /// clean copies; a partly written block is updated only if the cache
-    /// holds it (whole or partial), so no plugin read is needed.
+    /// one request per client request. Meanwhile the cache stores them as a
+    /// writeback write would, as dirty, except in a partly written block it
+    /// does not hold at all (that would need a plugin read). Once the plugin
+    /// has them, the blocks it matches again are clean; if it fails, the
+    /// blocks that were not newer than it already are dropped.
     private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
-        do {
-            try payload.send(to: backend, at: write.request.lowerBound, fua: fua, maxTransfer: min(Engine.maxTransfer, backend.maximumRequest))
-        } catch {
-            // The plugin may hold part of the new bytes: clean copies are suspect.
-            let suspect = state.withLock { s in write.locked.filter { s.blocks[$0] == .clean } }
-            drop(suspect)
+        let before = state.withLock { s in write.locked.map { s.blocks[$0] } }
+        func held(_ block: UInt64) -> Bool { before[Int(block - write.locked.lowerBound)] != .notCached }
+        var blocks = write.locked
+        if write.edges.contains(blocks.lowerBound) && !held(blocks.lowerBound) { blocks = blocks.dropFirst() }
+        if let last = blocks.last, write.edges.contains(last) && !held(last) { blocks = blocks.dropLast() }
+        let stored = blocks
+
+        // A large write copies into the cache on a thread of our own while the
+        // plugin takes it: nbdkit allows this under its parallel thread model,
+        // and the thread ends before we return. Below the threshold the copy
+        // costs less than starting a thread.
+        let pluginError = ConditionLock<Errno?>(nil), cacheError = ConditionLock<CacheError?>(nil)
+        nonisolated(unsafe) let bytes = payload
+        let threads = writeBackThreads > 1 && payload.count >= Engine.overlapThreshold ? 2 : 1
+        let maxTransfer = min(Engine.maxTransfer, backend.maximumRequest)
+        concurrently(2, threads: threads) { task in
+            if task == 0 {
+                do throws(Errno) {
+                    try bytes.send(to: backend, at: write.request.lowerBound, fua: fua, maxTransfer: maxTransfer)
+                } catch {
+                    pluginError.withLock { $0 = error }
+                }
+            } else if !stored.isEmpty {
+                do throws(CacheError) { try self.storeBack(bytes, write, blocks: stored, backend: backend) } catch {
+                    cacheError.withLock { $0 = error }
+                }
+            }
+        }
+        if let error = pluginError.withLock({ $0 }) {
+            // The plugin may hold any part of the new bytes: only blocks that
+            // were already newer than it keep what the cache has; the rest
+            // read from the plugin again.
+            drop(stored.filter { [.clean, .notCached].contains(before[Int($0 - write.locked.lowerBound)]) })
             throw CacheError(error, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
         }
-        let skipped = state.withLock { s in write.edges.filter { s.blocks[$0] == .notCached } }
-        var first = write.locked.lowerBound, end = write.locked.upperBound
-        if skipped.contains(first) { first += 1 }
-        if end > first && skipped.contains(end - 1) { end -= 1 }
-        var next = first
-        while next < end {
-            let chunk = next..<next + headroom(upTo: end - next)
-            let span = write.bytes(of: chunk)
-            do {
-                try payload.store(write.payloadRange(span), in: file, at: span.lowerBound)
-            } catch {
-                // Keep only dirty or partial blocks the write covered in part:
-                // their other bytes exist nowhere else. The rest reads from the plugin.
-                let stale = state.withLock { s in
-                    chunk.filter { s.blocks[$0] == .clean || s.blocks[$0] == .notCached || !write.edges.contains($0) }
-                }
-                drop(stale)
-                throw error
+        if let error = cacheError.withLock({ $0 }) { throw error }
+        state.withLock { s in
+            for block in stored where s.blocks[block] == .dirty
+                && (!write.edges.contains(block) || before[Int(block - write.locked.lowerBound)] == .clean) {
+                s.blocks[block] = .clean
             }
-            let overLimit = state.withLock { s in
-                var overLimit: [UInt64] = []
-                for block in chunk {
-                    if !write.edges.contains(block) {
-                        s.blocks[block] = .clean
-                    } else if s.blocks[block] == .partial {
-                        // The new bytes match the plugin, but the block as a whole does not.
-                        if s.blocks.holdable([(block, write.part(of: block))]).isEmpty {
-                            overLimit.append(block)
-                        } else {
-                            s.blocks.hold(write.part(of: block), in: block, length: write.length(of: block))
-                        }
-                    }
-                }
-                if config.maxSize != nil { s.lru.touch(chunk) }
-                return overLimit
-            }
-            // Too many ranges: read the rest (the plugin now has the new bytes too).
-            for block in overLimit { try complete(block, exportSize: write.exportSize, backend: backend) }
-            next = chunk.upperBound
-            reclaimIfNeeded(owned: write.locked.lowerBound..<next, backend: backend)
         }
     }
 

@@ -413,3 +413,38 @@ final class LargeRequestTests: EngineTestCase {
         }
     }
 }
+
+/// Large writethrough writes store their cache copy on a second thread while
+/// the plugin takes the write (writeBackThreads > 1 stands for nbdkit's
+/// parallel thread model).
+final class OverlappedWritethroughTests: EngineTestCase {
+    func testLargeWritethroughWriteOnTwoThreads() throws {
+        let b = MemoryBackend(size: 4 * MiB, seed: 71)
+        let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always, writeBackThreads: 4)
+        _ = try e.readBytes(0, 2 * B, b)                      // blocks 0, 1 clean
+        var model = b.allBytes
+        let data = randomBytes(Int(MiB), seed: 72)            // blocks 0...16, partial at both ends
+        try e.writeBytes(data, at: 1000, b)
+        model.replaceSubrange(1000..<1000 + Int(MiB), with: data)
+        XCTAssertEqual(b.stats.writes, 1, "one plugin write per client write")
+        assertBytes(b.allBytes, model, "backend")
+        XCTAssertEqual(e.dirtyBlockCount, 0, "nothing is left dirty")
+        XCTAssertEqual(e.states(0..<2), [.clean, .clean], "the cached head block stays a clean copy")
+        XCTAssertEqual(e.state(ofBlock: 16), .notCached, "a partly written uncached block is not cached")
+        let reads = b.stats.reads
+        assertBytes(try e.readBytes(0, 16 * B, b), Array(model[..<Int(16 * B)]), "read back from the cache")
+        XCTAssertEqual(b.stats.reads, reads, "blocks 0...15 were all cached")
+    }
+
+    func testLargeWritethroughFailureOnTwoThreadsKeepsNoNewDataAsClean() throws {
+        let b = MemoryBackend(size: 4 * MiB, seed: 73)
+        let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always, writeBackThreads: 4)
+        _ = try e.readBytes(0, 4 * B, b)
+        let original = b.allBytes
+        b.failWrites(in: 0..<4 * MiB, .noSpace)
+        assertCacheError(.noSpace) { try e.writeBytes(randomBytes(Int(MiB), seed: 74), at: 1000, b) }
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        b.clearFaults()
+        assertBytes(try e.readBytes(0, 2 * MiB, b), Array(original[..<Int(2 * MiB)]), "reads give what the plugin has")
+    }
+}
