@@ -4,10 +4,10 @@ import SystemPackage
 ///
 /// writeback and unsafe keep written blocks as dirty, and a write never
 /// reads the plugin: a block written in part is kept as a partial block.
-/// writethrough (and a FUA write in writeback) send the client's bytes to
-/// the plugin first and keep clean copies. Either way, state only changes
-/// once the bytes are where the state says: a failed call never leaves new
-/// data marked clean.
+/// writethrough (and a FUA write in writeback) also send the client's bytes
+/// to the plugin, and the copies become clean once it has them. Either way a
+/// block is only marked clean when the plugin holds its bytes: a failed call
+/// never leaves new data marked clean.
 extension Engine {
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool, backend: some Backend) throws(CacheError) {
         try store(.data(data), at: offset, fua: fua, backend: backend)
