@@ -44,4 +44,7 @@ public protocol Backend: Sendable {
 
 extension Backend {
     public var maximumRequest: UInt64 { Engine.maxTransfer }
+
+    /// The largest request the cache sends the plugin.
+    var transferLimit: UInt64 { min(Engine.maxTransfer, maximumRequest) }
 }

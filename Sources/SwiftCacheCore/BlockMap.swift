@@ -132,6 +132,20 @@ struct BlockMap {
         return runs
     }
 
+    /// The runs of whole dirty blocks (not partial ones) within `blocks`.
+    func wholeDirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] {
+        var runs: [Range<UInt64>] = []
+        for run in dirtyRuns(in: blocks) {
+            var from = run.lowerBound
+            while let start = cached.firstSet(from: from, to: run.upperBound) {
+                let end = cached.firstClear(from: start, to: run.upperBound)
+                runs.append(start..<end)
+                from = end
+            }
+        }
+        return runs
+    }
+
     /// The next run of dirty or partial blocks at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
         guard dirtyCount > 0,

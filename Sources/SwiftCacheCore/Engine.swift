@@ -151,13 +151,21 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    /// Forgets cached copies (blocks held exclusively): their storage is freed
-    /// and they read from the plugin again.
+    /// Forgets cached copies (blocks held exclusively): their storage is freed,
+    /// one hole per run of blocks, and they read from the plugin again.
     func drop(_ blocks: [UInt64]) {
         guard !blocks.isEmpty else { return }
-        for block in blocks {
-            do { try file.discard(at: block << blockShift, length: blockSize) } catch {
-                debug("drop block \(block): \(error)")
+        var runs: [Range<UInt64>] = []
+        for block in blocks.sorted() {
+            if let last = runs.last, last.upperBound == block {
+                runs[runs.count - 1] = last.lowerBound..<block + 1
+            } else {
+                runs.append(block..<block + 1)
+            }
+        }
+        for run in runs {
+            do { try file.discard(at: run.lowerBound << blockShift, length: UInt64(run.count) << blockShift) } catch {
+                debug("drop blocks \(run): \(error)")
             }
         }
         state.withLock { s in

@@ -22,7 +22,7 @@ extension Engine {
         guard backend.canWrite else {
             return dirtyBlockCount == 0 ? nil : CacheError(.readOnlyFileSystem, "cannot write back dirty blocks through a read-only connection")
         }
-        let runLimit = max(1, min(Engine.maxTransfer, backend.maximumRequest) >> blockShift)
+        let runLimit = max(1, backend.transferLimit >> blockShift)
         let firstError = ConditionLock<CacheError?>(nil)
         var cursor: UInt64 = 0
         while true {
@@ -72,19 +72,7 @@ extension Engine {
                 firstError = firstError ?? error
             }
         }
-        let dirtyRuns = state.withLock { s in
-            var runs: [Range<UInt64>] = []
-            var from = blocks.lowerBound
-            while from < blocks.upperBound {
-                guard let start = s.blocks.dirty.firstSet(from: from, to: blocks.upperBound) else { break }
-                let end = min(s.blocks.dirty.firstClear(from: start, to: blocks.upperBound),
-                              s.blocks.cached.firstClear(from: start, to: blocks.upperBound))
-                if end > start { runs.append(start..<end) }
-                from = max(end, start + 1)
-            }
-            return runs
-        }
-        for run in dirtyRuns {
+        for run in state.withLock({ $0.blocks.wholeDirtyRuns(in: blocks) }) {
             do throws(CacheError) {
                 try writeBack(bytes(of: run, exportSize: exportSize), backend: backend)
                 debug.blocks("written back:", run)
@@ -101,8 +89,7 @@ extension Engine {
         let staging = try allocate(span.count)
         try file.read(into: staging.bytes, at: span.lowerBound)
         do {
-            try writeInPieces(UnsafeRawBufferPointer(staging.bytes), to: backend, at: span.lowerBound, fua: false,
-                              maxTransfer: min(Engine.maxTransfer, backend.maximumRequest))
+            try writeInPieces(UnsafeRawBufferPointer(staging.bytes), to: backend, at: span.lowerBound, fua: false)
         } catch {
             throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound) (write back)")
         }

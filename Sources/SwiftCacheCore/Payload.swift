@@ -23,32 +23,32 @@ enum Payload {
         }
     }
 
-    /// The whole payload to the plugin at `offset`, in requests of at most `maxTransfer`.
-    func send(to backend: some Backend, at offset: UInt64, fua: Bool, maxTransfer: UInt64) throws(Errno) {
+    /// The whole payload to the plugin at `offset`, in requests it accepts.
+    func send(to backend: some Backend, at offset: UInt64, fua: Bool) throws(Errno) {
         switch self {
         case .data(let bytes):
-            try writeInPieces(bytes, to: backend, at: offset, fua: fua, maxTransfer: maxTransfer)
+            try writeInPieces(bytes, to: backend, at: offset, fua: fua)
         case .zeroes(let count) where backend.canZero:
             try backend.zero(count: count, at: offset, fua: fua)
         case .zeroes(let count):
-            let zeroes = try Buffer(count: Int(min(count, maxTransfer)))
+            // One buffer of zeroes, sent as many times as it takes.
+            let zeroes = try Buffer(count: Int(min(count, backend.transferLimit)))
             zeroes.bytes.initializeMemory(as: UInt8.self, repeating: 0)
             var done: UInt64 = 0
             while done < count {
-                let n = min(count - done, maxTransfer)
-                try backend.write(UnsafeRawBufferPointer(rebasing: zeroes.bytes[..<Int(n)]), at: offset + done, fua: fua)
-                done += n
+                let n = Int(min(count - done, UInt64(zeroes.bytes.count)))
+                try backend.write(UnsafeRawBufferPointer(rebasing: zeroes.bytes[..<n]), at: offset + done, fua: fua)
+                done += UInt64(n)
             }
         }
     }
 }
 
-/// A plugin write of any length, in requests of at most `maxTransfer`.
-func writeInPieces(_ bytes: UnsafeRawBufferPointer, to backend: some Backend, at offset: UInt64,
-                   fua: Bool, maxTransfer: UInt64) throws(Errno) {
+/// A plugin write of any length, in requests the plugin accepts.
+func writeInPieces(_ bytes: UnsafeRawBufferPointer, to backend: some Backend, at offset: UInt64, fua: Bool) throws(Errno) {
     var done = 0
     while done < bytes.count {
-        let n = min(bytes.count - done, Int(maxTransfer))
+        let n = min(bytes.count - done, Int(backend.transferLimit))
         try backend.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: offset + UInt64(done), fua: fua)
         done += n
     }

@@ -69,7 +69,7 @@ extension Engine {
                       done: UInt64, exportSize: UInt64, backend: some Backend) throws(CacheError) {
         var next = run.lowerBound
         while next < run.upperBound {
-            let wanted = min(run.upperBound - next, max(1, min(Engine.maxTransfer, backend.maximumRequest) >> blockShift))
+            let wanted = min(run.upperBound - next, max(1, backend.transferLimit >> blockShift))
             let chunk = next..<next + headroom(upTo: wanted)
             let span = bytes(of: chunk, exportSize: exportSize)
             debug.blocks("cache from the plugin:", chunk)
@@ -99,7 +99,7 @@ extension Engine {
     func readPlugin(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, backend: some Backend) throws(CacheError) {
         var done = 0
         while done < buffer.count {
-            let n = min(buffer.count - done, Int(min(Engine.maxTransfer, backend.maximumRequest)))
+            let n = min(buffer.count - done, Int(backend.transferLimit))
             do {
                 try backend.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]), at: offset + UInt64(done))
             } catch {

@@ -37,7 +37,8 @@ extension Engine {
                 debug("reclaim: keeping dirty block \(pick.block): \(error)")
                 written = false
             }
-            if written {
+            // Write-back may already have dropped a partial block.
+            if written && state.withLock({ $0.blocks[pick.block] != .notCached }) {
                 debug("reclaim block \(pick.block)")
                 drop([pick.block])
             }

@@ -109,11 +109,10 @@ extension Engine {
         let pluginError = ConditionLock<Errno?>(nil), cacheError = ConditionLock<CacheError?>(nil)
         nonisolated(unsafe) let bytes = payload
         let threads = writeBackThreads > 1 && payload.count >= Engine.overlapThreshold ? 2 : 1
-        let maxTransfer = min(Engine.maxTransfer, backend.maximumRequest)
         concurrently(2, threads: threads) { task in
             if task == 0 {
                 do throws(Errno) {
-                    try bytes.send(to: backend, at: write.request.lowerBound, fua: fua, maxTransfer: maxTransfer)
+                    try bytes.send(to: backend, at: write.request.lowerBound, fua: fua)
                 } catch {
                     pluginError.withLock { $0 = error }
                 }

@@ -567,18 +567,6 @@ final class PartialBlockTests: EngineTestCase {
 
     // MARK: Reclaim
 
-    /// Records the largest `cachedBytes` seen whenever the engine calls the backend.
-    private func sampleCachedBytes(_ e: Engine, _ b: MemoryBackend) -> Locked<UInt64> {
-        let peak = Locked<UInt64>(0)
-        let sample: @Sendable (Req) -> Void = { _ in
-            let now = e.cachedBytes
-            peak.withLock { $0 = max($0, now) }
-        }
-        b.setOnRead(sample)
-        b.setOnWrite(sample)
-        return peak
-    }
-
     func testReclaimOfManyPartialBlocksKeepsEveryByteAndTheLimit() throws {
         let b = MemoryBackend(size: 8 * MiB, seed: 450)
         let e = try makeEngine(b, mode: .writeback, maxSize: MiB)

@@ -5,19 +5,6 @@ import SystemPackage
 /// cache-max-size = 1 MiB with 64K blocks: 16 blocks; reclaim starts above
 /// 95% (more than 15 blocks) and stops at 80% (12 blocks or fewer).
 final class ReclaimTests: EngineTestCase {
-    /// Records the largest `cachedBytes` seen whenever the engine calls the
-    /// backend: the limit must hold during a request, not only after it.
-    private func sampleCachedBytes(_ e: Engine, _ b: MemoryBackend) -> Locked<UInt64> {
-        let peak = Locked<UInt64>(0)
-        let sample: @Sendable (Req) -> Void = { _ in
-            let now = e.cachedBytes
-            peak.withLock { $0 = max($0, now) }
-        }
-        b.setOnRead(sample)
-        b.setOnWrite(sample)
-        return peak
-    }
-
     func testSingleBigWriteInWritebackLosesNoDirtyBlock() throws {
         let b = MemoryBackend(size: 8 * MiB, seed: 110)
         let e = try makeEngine(b, mode: .writeback, maxSize: MiB)

@@ -50,6 +50,19 @@ class EngineTestCase: XCTestCase {
     }
 
     /// Asserts that `body` throws a `CacheError` carrying `expected`.
+    /// Records the largest `cachedBytes` seen whenever the engine calls the
+    /// backend: the limit must hold during a request, not only after it.
+    func sampleCachedBytes(_ e: Engine, _ b: MemoryBackend) -> Locked<UInt64> {
+        let peak = Locked<UInt64>(0)
+        let sample: @Sendable (Req) -> Void = { _ in
+            let now = e.cachedBytes
+            peak.withLock { $0 = max($0, now) }
+        }
+        b.setOnRead(sample)
+        b.setOnWrite(sample)
+        return peak
+    }
+
     func assertCacheError(_ expected: Errno, file: StaticString = #filePath, line: UInt = #line,
                           _ body: () throws -> Void) {
         do {
