@@ -29,7 +29,7 @@ CONFIGS = ("none", "C", "ours")          # column order in the report
 # alternates between first and last.
 ORDERS = (("C", "ours", "none"), ("none", "ours", "C"),
           ("ours", "C", "none"), ("none", "C", "ours"))
-ALL_WORKLOADS = ("1", "2", "3", "4", "5", "6a", "6b", "6c", "7", "8")
+ALL_WORKLOADS = ("1", "2", "3", "4", "5", "6a", "6b", "6c", "7", "7d", "8")
 
 UP, DOWN = "↑", "↓"
 
@@ -127,9 +127,9 @@ STATS_LINE = re.compile(r"^(\w+): (\d+) ops", re.M)
 
 
 class Server:
-    """One fresh nbdkit: [cache filter] stats [delay] memory."""
+    """One fresh nbdkit: [cache filter] stats [delay] memory|pattern."""
 
-    def __init__(self, filt, rundir, size, params, delay=None):
+    def __init__(self, filt, rundir, disk, params, delay=None):
         self.rundir = rundir
         self.sock = os.path.join(rundir, "sock")
         self.pidfile = os.path.join(rundir, "pid")
@@ -142,7 +142,8 @@ class Server:
         argv.append("--filter=stats")
         if delay:
             argv.append("--filter=delay")
-        argv += ["memory", "size=" + size, "statsfile=" + self.statsfile,
+        plugin, size = disk.split(":") if ":" in disk else ("memory", disk)
+        argv += [plugin, "size=" + size, "statsfile=" + self.statsfile,
                  "statsthreshold=0"]
         if delay:
             argv.append(delay)
@@ -328,16 +329,18 @@ def w6c(srv, rd):
     return {"6c": r["empty_flush_s"] * 1e3, "6d": r["one_block_flush_s"] * 1e3}, {}
 
 
-def w7(srv, rd):
-    _, dt = run_client(["nbdcopy", "--no-extents", "--connections=2", "--threads=2",
-                        srv.uri, "null:"], rd, "nbdcopy")
-    try:
-        p = subprocess.run(["nbdinfo", "--can", "multi-conn", srv.uri],
-                           capture_output=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        raise BenchError("nbdinfo --can multi-conn: killed after 30 s")
-    mc = {0: "yes", 2: "no"}.get(p.returncode, "?(exit %d)" % p.returncode)
-    return {"7": dt}, {"multi-conn": mc}
+def nbdcopy_cold(row):
+    def w(srv, rd):
+        _, dt = run_client(["nbdcopy", "--no-extents", "--connections=2", "--threads=2",
+                            srv.uri, "null:"], rd, "nbdcopy")
+        try:
+            p = subprocess.run(["nbdinfo", "--can", "multi-conn", srv.uri],
+                               capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("nbdinfo --can multi-conn: killed after 30 s")
+        mc = {0: "yes", 2: "no"}.get(p.returncode, "?(exit %d)" % p.returncode)
+        return {row: dt}, {"multi-conn": mc}
+    return w
 
 
 def w8(srv, rd):
@@ -352,7 +355,8 @@ RD = "rdelay=" + RDELAY
 WD = "wdelay=" + WDELAY
 ON_READ = ["cache-on-read=true"]
 
-# id: (function, memory size, cache params, delay param, description)
+# id: (function, disk, cache params, delay param, description).  The disk is
+# the memory plugin of that size (all zeroes until written), or PLUGIN:SIZE.
 WORKLOADS = {
     "1": (w1, "128M", ON_READ, None, "warm rand read 4K, qd16 x4"),
     "2": (w2, "128M", ON_READ, None, "warm seq read 1M, qd4 x2"),
@@ -362,7 +366,8 @@ WORKLOADS = {
     "6a": (w6a, "64M", ["cache=writeback"], WD, "flush after 16 x 1M seq writes, wdelay"),
     "6b": (w6b, "64M", ["cache=writeback"], WD, "flush after 256 x 4K scattered writes, wdelay"),
     "6c": (w6c, "1T", ["cache=writeback"], None, "flush cost on a 1T disk: empty"),
-    "7": (w7, "256M", ON_READ, RD, "nbdcopy cold 256M, rdelay"),
+    "7": (nbdcopy_cold("7"), "256M", ON_READ, RD, "nbdcopy cold 256M, rdelay"),
+    "7d": (nbdcopy_cold("7d"), "pattern:256M", ON_READ, RD, "nbdcopy cold 256M of data (pattern plugin), rdelay"),
     "8": (w8, "1T", ON_READ, None, "RSS, 1T sparse disk, after 1 conn"),
 }
 
@@ -381,6 +386,7 @@ ROWS = (
     ("6c", "6c", "flush ms", DOWN, "%.3g"),
     ("6d", "6c", "flush ms (1 dirty 4K at the end)", DOWN, "%.3g"),
     ("7", "7", "s", DOWN, "%.3g"),
+    ("7d", "7d", "s", DOWN, "%.3g"),
     ("8", "8", "RSS MiB", DOWN, "%.1f"),
 )
 
@@ -400,10 +406,10 @@ class Bench:
         self.failures = []
 
     def one(self, rnd, wid, cfg):
-        fn, size, params, delay, _ = WORKLOADS[wid]
+        fn, disk, params, delay, _ = WORKLOADS[wid]
         rd = os.path.join(self.work, "r%d-%s-%s" % (rnd, wid, cfg))
         os.mkdir(rd)
-        srv = Server(self.filters[cfg], rd, size, params, delay)
+        srv = Server(self.filters[cfg], rd, disk, params, delay)
         t0 = time.monotonic()
         try:
             srv.start()

@@ -77,11 +77,11 @@ extension Engine {
             if let buffer, span.clamped(to: request) == span {
                 let target = slice(buffer, span, of: request)
                 try readPlugin(into: target, at: span.lowerBound, backend: backend)
-                try file.write(UnsafeRawBufferPointer(target), at: span.lowerBound)
+                try store(UnsafeRawBufferPointer(target), at: span.lowerBound)
             } else {
                 let staging = try allocate(span.count)
                 try readPlugin(into: staging.bytes, at: span.lowerBound, backend: backend)
-                try file.write(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound)
+                try store(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound)
                 if let buffer {
                     let wantedBytes = span.clamped(to: request)
                     let from = Int(wantedBytes.lowerBound - span.lowerBound)
@@ -92,6 +92,18 @@ extension Engine {
             mark(chunk, .clean)
             next = chunk.upperBound
             reclaimIfNeeded(owned: done..<next, backend: backend)
+        }
+    }
+
+    /// Keeps plugin data in the cache file; all-zero data as a hole (punched,
+    /// since a block once cached and dropped by an export resize may still
+    /// hold old bytes there).
+    private func store(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
+        if data.isAllZero {
+            debug("cache from the plugin: \(data.count) bytes of zeroes at \(offset) kept as a hole")
+            try file.zero(at: offset, length: UInt64(data.count))
+        } else {
+            try file.write(data, at: offset)
         }
     }
 

@@ -260,4 +260,53 @@ final class ReadTests: EngineTestCase {
             assertBytes(b.allBytes, model, "\(mode): backend after flush")
         }
     }
+    /// Plugin data that is all zeroes is cached as a hole: the blocks are
+    /// clean (no second plugin read) but the cache file allocates nothing.
+    func testZeroPluginDataIsCachedAsAHole() throws {
+        var disk = [UInt8](repeating: 0, count: Int(MiB))
+        disk.replaceSubrange(Int(4 * B)..<Int(5 * B), with: randomBytes(Int(B), seed: 40))
+        disk[Int(6 * B) - 1] = 7                     // block 5: one byte of data, at its very end
+        let b = MemoryBackend(bytes: disk)
+        let e = try makeEngine(b, cacheOnRead: .always)
+        assertBytes(try e.readBytes(0, 4 * B, b), Array(disk[..<Int(4 * B)]))
+        XCTAssertEqual(e.states(0..<4), Array(repeating: .clean, count: 4))
+        XCTAssertEqual(e.file.allocatedBytes(), 0, "four blocks of zeroes")
+        XCTAssertEqual(e.cachedBytes, 4 * B, "a hole still counts against cache-max-size")
+        assertBytes(try e.readBytes(4 * B, 2 * B, b), Array(disk[Int(4 * B)..<Int(6 * B)]))
+        XCTAssertGreaterThanOrEqual(e.file.allocatedBytes(), 2 * B, "data is written")
+        // Unaligned, through the staging buffer: block 6 of zeroes, block 7 too.
+        assertBytes(try e.readBytes(6 * B + 10, Int(B), b), Array(disk[Int(6 * B) + 10..<Int(7 * B) + 10]))
+        XCTAssertLessThan(e.file.allocatedBytes(), 3 * B, "blocks 6 and 7 are holes")
+        // All from the cache now.
+        assertBytes(try e.readBytes(0, 8 * B, b), Array(disk[..<Int(8 * B)]))
+        XCTAssertEqual(b.stats.reads, 3)
+    }
+
+    /// A hole is punched, not assumed: a block cached whole as a short last
+    /// block and uncached when the export grew still has its old bytes in the
+    /// cache file, and plugin zeroes must replace them.
+    func testZeroPluginDataReplacesOldBytesInTheCacheFile() throws {
+        let b = MemoryBackend(size: 2 * MiB, seed: 42)
+        let e = try makeEngine(b, size: MiB - 1000, cacheOnRead: .always)
+        _ = try e.readBytes(15 * B, 10, b)
+        XCTAssertEqual(e.state(ofBlock: 15), .clean)
+        let zeroes = [UInt8](repeating: 0, count: Int(B))
+        b.poke(zeroes, at: 15 * B)
+        try e.setExportSize(2 * MiB)
+        assertBytes(try e.readBytes(15 * B, B, b), zeroes, "after the growth")
+        assertBytes(try e.readBytes(15 * B, B, b), zeroes, "from the cache")
+        XCTAssertEqual(b.stats.reads, 2)
+    }
+
+    func testIsAllZeroLooksAtEveryByte() {
+        for count in [0, 1, 63, 255, 256, 257, 511, 512, 4096 + 3] {
+            var bytes = [UInt8](repeating: 0, count: count)
+            bytes.withUnsafeBytes { XCTAssertTrue($0.isAllZero, "\(count) zero bytes") }
+            for position in Set([0, count / 2, count - 1, count - 2, 255, 256]).filter({ $0 >= 0 && $0 < count }) {
+                bytes[position] = 0x80
+                bytes.withUnsafeBytes { XCTAssertFalse($0.isAllZero, "byte \(position) of \(count)") }
+                bytes[position] = 0
+            }
+        }
+    }
 }
