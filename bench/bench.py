@@ -29,7 +29,7 @@ CONFIGS = ("none", "C", "ours")          # column order in the report
 # alternates between first and last.
 ORDERS = (("C", "ours", "none"), ("none", "ours", "C"),
           ("ours", "C", "none"), ("none", "C", "ours"))
-ALL_WORKLOADS = ("1", "2", "3", "4", "5", "6a", "6b", "6c", "7", "7d", "8")
+ALL_WORKLOADS = ("1", "2", "2d", "3", "4", "5", "6a", "6b", "6c", "7", "7d", "8")
 
 UP, DOWN = "↑", "↓"
 
@@ -275,13 +275,15 @@ def w1(srv, rd):
     return {"1": job["read"]["iops"], "1c": us}, {}
 
 
-def w2(srv, rd):
-    prefill(srv, rd)
-    job, us = timed_fio(srv, rd, "fio", [
-        "--rw=read", "--bs=1M", "--iodepth=4", "--numjobs=2",
-        "--size=64M", "--offset_increment=64M",
-        "--time_based", "--runtime=%d" % RUNTIME], RUNTIME + 60)
-    return {"2": job["read"]["bw_bytes"] / 2**20, "2c": us}, {}
+def warm_seq_read(row):
+    def w(srv, rd):
+        prefill(srv, rd)
+        job, us = timed_fio(srv, rd, "fio", [
+            "--rw=read", "--bs=1M", "--iodepth=4", "--numjobs=2",
+            "--size=64M", "--offset_increment=64M",
+            "--time_based", "--runtime=%d" % RUNTIME], RUNTIME + 60)
+        return {row: job["read"]["bw_bytes"] / 2**20, row + "c": us}, {}
+    return w
 
 
 def w3(srv, rd):
@@ -359,7 +361,8 @@ ON_READ = ["cache-on-read=true"]
 # the memory plugin of that size (all zeroes until written), or PLUGIN:SIZE.
 WORKLOADS = {
     "1": (w1, "128M", ON_READ, None, "warm rand read 4K, qd16 x4"),
-    "2": (w2, "128M", ON_READ, None, "warm seq read 1M, qd4 x2"),
+    "2": (warm_seq_read("2"), "128M", ON_READ, None, "warm seq read 1M, qd4 x2"),
+    "2d": (warm_seq_read("2d"), "pattern:128M", ON_READ, None, "warm seq read 1M of data (pattern plugin), qd4 x2"),
     "3": (w3, "64M", ON_READ, RD, "cold rand read 64K, rdelay, qd16"),
     "4": (w4, "128M", ["cache=writeback"], None, "writeback rand write 4K, qd16 x2"),
     "5": (w5, "64M", ["cache=writethrough"], WD, "writethrough seq write 1M, wdelay"),
@@ -377,6 +380,8 @@ ROWS = (
     ("1c", "1", "nbdkit CPU µs/IO", DOWN, "%.2f"),
     ("2", "2", "MiB/s", UP, "%.0f"),
     ("2c", "2", "nbdkit CPU µs/IO", DOWN, "%.1f"),
+    ("2d", "2d", "MiB/s", UP, "%.0f"),
+    ("2dc", "2d", "nbdkit CPU µs/IO", DOWN, "%.1f"),
     ("3", "3", "IOPS", UP, "%.0f"),
     ("4", "4", "IOPS", UP, "%.0f"),
     ("4c", "4", "nbdkit CPU µs/IO", DOWN, "%.2f"),

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 #include <linux/magic.h>
 #include "clinux.h"
 
@@ -11,6 +12,10 @@ int swiftcache_mkostemp_cloexec (char *template_) {
 
 int swiftcache_punch_hole (int fd, int64_t offset, int64_t length) {
   return fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int64_t swiftcache_seek_data (int fd, int64_t offset) {
+  return lseek (fd, offset, SEEK_DATA);
 }
 
 int swiftcache_is_tmpfs (int fd) {

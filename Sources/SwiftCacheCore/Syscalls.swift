@@ -36,6 +36,16 @@ extension FileDescriptor {
         }
     }
 
+    /// Where the first byte of data at or after `offset` is; nil when only a
+    /// hole follows (ENXIO). A file system without holes reports `offset`.
+    func nextData(from offset: UInt64) throws(Errno) -> UInt64? {
+        do {
+            return UInt64(clamping: try retryingOnInterrupt { swiftcache_seek_data(rawValue, Int64(truncatingIfNeeded: offset)) })
+        } catch .noSuchAddressOrDevice {
+            return nil
+        }
+    }
+
     /// `pread` until the buffer is full; bytes past end of file read as zeroes.
     func readAll(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
         var done = 0

@@ -7,6 +7,8 @@
 int swiftcache_mkostemp_cloexec (char *template_);
 /* fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) */
 int swiftcache_punch_hole (int fd, int64_t offset, int64_t length);
+/* lseek (fd, offset, SEEK_DATA) */
+int64_t swiftcache_seek_data (int fd, int64_t offset);
 /* Whether fd lives on tmpfs (fstatfs f_type == TMPFS_MAGIC): 1, 0, or -1. */
 int swiftcache_is_tmpfs (int fd);
 #endif

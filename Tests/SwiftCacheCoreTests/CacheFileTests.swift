@@ -1,0 +1,58 @@
+import XCTest
+import SystemPackage
+@testable import SwiftCacheCore
+
+/// The cache file on its own: large reads zero-fill holes rather than copy
+/// them, on a disk file system (`pread`) and on tmpfs (the mapping).
+final class CacheFileTests: XCTestCase {
+    private func eachFileSystem(_ body: (CacheFile, String) throws -> Void) throws {
+        let parents = ["/tmp"] + (access("/dev/shm", W_OK) == 0 ? ["/dev/shm"] : [])
+        for parent in parents {
+            let directory = try makeTemporaryDirectory(in: parent)
+            defer { removeDirectory(directory) }
+            try body(try CacheFile(directory: directory), parent)
+        }
+    }
+
+    func testReadsMixingDataAndHolesReturnEveryByte() throws {
+        try eachFileSystem { file, parent in
+            let size = 4 * MiB
+            try file.resize(to: size)
+            var model = [UInt8](repeating: 0, count: Int(size))
+            // Data runs of odd lengths and places, holes between them.
+            for (n, (offset, length)) in [(0, 5000), (200_000, 65536), (300_000, 1), (1_048_576, 400_000),
+                                          (3 * 1_048_576 + 7, 1_048_569)].enumerated() {
+                let data = randomBytes(length, seed: 500 + UInt64(n))
+                try data.withUnsafeBytes { try file.write($0, at: UInt64(offset)) }
+                model.replaceSubrange(offset..<offset + length, with: data)
+            }
+            var rng = SplitMix64(seed: 501)
+            for _ in 0..<100 {
+                let count = Int(rng.next() % UInt64(CacheFile.holeAwareReadMinimum * 4)) + 1
+                let offset = Int(rng.next() % (size - UInt64(count) + 1))
+                var out = [UInt8](repeating: 0xA5, count: count)
+                try out.withUnsafeMutableBytes { try file.read(into: $0, at: UInt64(offset)) }
+                XCTAssertTrue(out[...] == model[offset..<offset + count], "\(parent): \(count) bytes at \(offset)")
+            }
+        }
+    }
+
+    /// A large read zero-fills the hole before the first data (reading a
+    /// hole through the tmpfs mapping would allocate its pages).
+    func testALargeReadZeroFillsALeadingHoleAndAllocatesNothing() throws {
+        try eachFileSystem { file, parent in
+            try file.resize(to: 4 * MiB)
+            let data = randomBytes(65536, seed: 502)
+            try data.withUnsafeBytes { try file.write($0, at: MiB) }
+            let before = file.allocatedBytes()
+            var out = [UInt8](repeating: 0xA5, count: Int(MiB) + 65536)
+            try out.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+            XCTAssertTrue(out[..<Int(MiB)].allSatisfy { $0 == 0 }, parent)
+            XCTAssertEqual(Array(out[Int(MiB)...]), data, parent)
+            out = [UInt8](repeating: 0xA5, count: Int(MiB))
+            try out.withUnsafeMutableBytes { try file.read(into: $0, at: 2 * MiB) }
+            XCTAssertTrue(out.allSatisfy { $0 == 0 }, parent)
+            XCTAssertEqual(file.allocatedBytes(), before, "\(parent): reading holes allocated pages")
+        }
+    }
+}
