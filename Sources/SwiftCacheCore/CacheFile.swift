@@ -15,11 +15,11 @@ public final class CacheFile: Sendable {
     let fd: FileDescriptor
     /// The file system's preferred block size (`st_blksize`).
     public let fileSystemBlockSize: UInt64
-    /// On tmpfs, reads copy from a read-only shared mapping of the file: a
+    /// On tmpfs, reads copy from read-only shared mappings of the file: a
     /// third of the cost of `pread` for warm data. Elsewhere a mapped read of
     /// a failing disk would be SIGBUS instead of EIO, so they use `pread`.
     private let mapsReads: Bool
-    private let mappings = ConditionLock(Mappings())
+    private let windows = ConditionLock(MappedWindows())
 
     /// Creates and unlinks the cache file in `directory`.
     public init(directory: String) throws(CacheError) {
@@ -36,7 +36,7 @@ public final class CacheFile: Sendable {
     }
 
     deinit {
-        mappings.withLock { $0.unmapAll() }
+        windows.withLock { $0.unmapAll() }
         try? fd.close()
     }
 
@@ -62,12 +62,20 @@ public final class CacheFile: Sendable {
     }
 
     private func copy(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
-        if let base = mappings.withLock({ $0.current(covering: offset + UInt64(buffer.count)) }) {
-            buffer.copyMemory(from: UnsafeRawBufferPointer(start: base + Int(offset), count: buffer.count))
-            return
+        var done = 0
+        while mapsReads && done < buffer.count {
+            let position = offset + UInt64(done)
+            let within = Int(position & (MappedWindows.size - 1))
+            let n = min(buffer.count - done, Int(MappedWindows.size) - within)
+            guard let base = windows.withLock({ $0.base(of: position >> MappedWindows.shift, fd: fd) }) else { break }
+            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n])
+                .copyMemory(from: UnsafeRawBufferPointer(start: base + within, count: n))
+            done += n
         }
-        do { try fd.readAll(into: buffer, at: offset) } catch {
-            throw CacheError(error, "cache file read of \(buffer.count) bytes at \(offset)")
+        guard done < buffer.count else { return }
+        let position = offset + UInt64(done)
+        do { try fd.readAll(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), at: position) } catch {
+            throw CacheError(error, "cache file read of \(buffer.count - done) bytes at \(position)")
         }
     }
 
@@ -117,12 +125,6 @@ public final class CacheFile: Sendable {
         do { try fd.resize(to: length) } catch {
             throw CacheError(error as? Errno ?? .ioError, "cache file resize to \(size)")
         }
-        guard mapsReads, size > 0 else { return }
-        // Reads in flight may still use the old mapping, so it stays until
-        // the file is closed; the file only grows, and rarely.
-        if let base = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd.rawValue, 0), base != MAP_FAILED {
-            mappings.withLock { $0.add(UnsafeRawPointer(base), length: size) }
-        }
     }
 
     /// Bytes the file system has allocated to the file (`st_blocks`).
@@ -132,22 +134,32 @@ public final class CacheFile: Sendable {
     }
 }
 
-/// Read-only mappings of the cache file, newest last.
-private struct Mappings: @unchecked Sendable {
-    private var all: [(base: UnsafeRawPointer, length: UInt64)] = []
+/// Read-only mappings of the cache file on tmpfs, one per 64 MiB window of
+/// the file, made when a read first lands in it: address space follows what
+/// is read, not the export size (one mapping of a 1 TiB export would be
+/// 1 TiB of VmSize). A window may reach past the end of the file: reads stay
+/// inside the file, which only grows, so a window never needs remapping.
+/// At most 1024 windows (64 GiB), far from the kernel's limit on mappings
+/// per process; past that, reads use `pread`.
+private struct MappedWindows: @unchecked Sendable {
+    static let shift: UInt64 = 26
+    static let size: UInt64 = 1 << shift
+    static let limit = 1024
+    private var bases: [UInt64: UnsafeRawPointer] = [:]
 
-    func current(covering end: UInt64) -> UnsafeRawPointer? {
-        guard let newest = all.last, end <= newest.length else { return nil }
-        return newest.base
-    }
-
-    mutating func add(_ base: UnsafeRawPointer, length: UInt64) {
-        all.append((base, length))
+    /// The mapping of window `index`, made now if need be; nil if it cannot be.
+    mutating func base(of index: UInt64, fd: FileDescriptor) -> UnsafeRawPointer? {
+        if let base = bases[index] { return base }
+        guard bases.count < Self.limit,
+              let base = mmap(nil, Int(Self.size), PROT_READ, MAP_SHARED, fd.rawValue,
+                              off_t(truncatingIfNeeded: index << Self.shift)),
+              base != MAP_FAILED else { return nil }
+        bases[index] = UnsafeRawPointer(base)
+        return UnsafeRawPointer(base)
     }
 
     mutating func unmapAll() {
-        for mapping in all { munmap(UnsafeMutableRawPointer(mutating: mapping.base), Int(mapping.length)) }
-        all = []
+        for base in bases.values { munmap(UnsafeMutableRawPointer(mutating: base), Int(Self.size)) }
+        bases = [:]
     }
 }
-

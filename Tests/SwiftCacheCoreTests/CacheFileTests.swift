@@ -55,4 +55,41 @@ final class CacheFileTests: XCTestCase {
             XCTAssertEqual(file.allocatedBytes(), before, "\(parent): reading holes allocated pages")
         }
     }
+
+    /// On tmpfs reads go through mappings of 64 MiB windows: a read across a
+    /// window edge returns both sides, and a 1 TiB cache file costs the
+    /// address space of the windows read, not a terabyte.
+    func testReadsAcrossMappedWindowsAndAddressSpaceOfAHugeFile() throws {
+        try eachFileSystem { file, parent in
+            let window: UInt64 = 64 << 20
+            try file.resize(to: 1 << 40)
+            let sizeBefore = virtualMemoryKiB()
+            for edge in [window, 7 * window, (1 << 40) - window] {
+                let data = randomBytes(300_000, seed: edge)
+                try data.withUnsafeBytes { try file.write($0, at: edge - 150_000) }
+                for (offset, count) in [(edge - 2500, 5000), (edge - 150_000, 300_000), (edge - 1, 2)] {
+                    var out = [UInt8](repeating: 0xA5, count: count)
+                    try out.withUnsafeMutableBytes { try file.read(into: $0, at: offset) }
+                    let from = Int(offset - (edge - 150_000))
+                    XCTAssertEqual(out, Array(data[from..<from + count]), "\(parent): \(count) bytes at \(offset)")
+                }
+            }
+            let growthKiB = virtualMemoryKiB() - sizeBefore
+            XCTAssertLessThan(growthKiB, 1 << 20, "\(parent): reading a 1 TiB cache file grew VmSize by \(growthKiB) KiB")
+        }
+    }
+}
+
+/// This process's VmSize in KiB.
+private func virtualMemoryKiB() -> Int {
+    guard let status = fopen("/proc/self/status", "r") else { return 0 }
+    defer { fclose(status) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, Int32(line.count), status) != nil {
+        let text = String(cString: line)
+        if text.hasPrefix("VmSize:") {
+            return Int(text.dropFirst(7).filter { $0.isNumber }) ?? 0
+        }
+    }
+    return 0
 }
