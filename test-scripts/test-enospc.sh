@@ -7,7 +7,9 @@
 #    the plugin (writeback: no dirty block lost);
 #  - writethrough: after any failure, what the client reads equals the
 #    backing file (the cache never holds a block it could not store);
-#  - regions never written read as the plugin's data.
+#  - regions never written read as the plugin's data;
+#  - zeroed blocks and blocks of plugin zeroes (cache-on-read), kept as
+#    holes in the full cache file, read back as zeroes in small reads.
 # Needs root and mount(2) in a private mount namespace (unshare -m);
 # skipped (77) if that is not possible.
 set -euo pipefail
@@ -64,6 +66,20 @@ for off in (2 * 1048576 + 7, 5 * 1048576):
     except nbd.Error as e:
         if e.errnum not in (errno.ENOSPC, errno.EIO, errno.ENOMEM):
             fails.append("read at %d failed with errno %d" % (off, e.errnum))
+# holes on the full file system: a zeroed block, and (cache-on-read) a
+# block of plugin zeroes, are holes in the cache file; small reads of them
+# must return zeroes (a mapped read of a hole on a full tmpfs is SIGBUS)
+ZEROED, PLUGIN_ZEROES = 12 * 1048576, 14 * 1048576
+try:
+    h.zero(65536, ZEROED)
+    for off in (ZEROED, PLUGIN_ZEROES):
+        h.pread(65536, off)
+        for sub in (100, 8192, 65536 - 4096):
+            if h.pread(4096, off + sub) != bytes(4096):
+                fails.append("4 KiB at %d of a zero block reads back non-zero" % (off + sub))
+except nbd.Error as e:
+    if e.errnum not in (errno.ENOSPC, errno.EIO):
+        fails.append("zero blocks on the full file system: %s" % e)
 if mode == "writethrough":
     cur = open(disk, "rb").read()
     for i in range(64):
@@ -96,6 +112,8 @@ for mode in writeback writethrough; do
         name=$mode-$cor
         disk=$tmp/disk-$name
         make_random_file "$disk" $SIZE 61
+        # 1 MiB of zeroes at 14 MiB: plugin zeroes for cache-on-read
+        dd if=/dev/zero of="$disk" bs=1M seek=14 count=1 conv=notrunc status=none
         TMPDIR=$small start_nbdkit $name --filter="$FILTER" file "$disk" \
             cache=$mode cache-on-read=$cor
         if py "$tmp/t.py" "$uri" "$disk" $mode; then

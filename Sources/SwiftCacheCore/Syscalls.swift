@@ -37,7 +37,7 @@ extension FileDescriptor {
     }
 
     /// Where the first byte of data at or after `offset` is; nil when only a
-    /// hole follows (ENXIO). A file system without holes reports `offset`.
+    /// hole follows (ENXIO).
     func nextData(from offset: UInt64) throws(Errno) -> UInt64? {
         do {
             return UInt64(clamping: try retryingOnInterrupt { swiftcache_seek_data(rawValue, Int64(truncatingIfNeeded: offset)) })
