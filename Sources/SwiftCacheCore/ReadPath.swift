@@ -95,9 +95,10 @@ extension Engine {
         }
     }
 
-    /// Keeps plugin data in the cache file; all-zero data as a hole (punched,
-    /// since a block once cached and dropped by an export resize may still
-    /// hold old bytes there).
+    /// Keeps plugin data in the cache file; all-zero data as a hole. It is
+    /// punched, not assumed: an uncached block may still hold old bytes (a
+    /// short last block uncached when the export grew, a drop whose punch
+    /// failed).
     private func store(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
         if data.isAllZero {
             debug("cache from the plugin: \(data.count) bytes of zeroes at \(offset) kept as a hole")
