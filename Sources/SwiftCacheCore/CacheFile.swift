@@ -44,10 +44,11 @@ public final class CacheFile: Sendable {
     /// (below 64 KiB the two cost the same, and `pread` is simpler). Which
     /// pages the file holds, `mincore` says first: touching a hole (plugin
     /// zeroes, zeroed or trimmed blocks) through a mapping would allocate it,
-    /// and on a full tmpfs that is SIGBUS, which would kill nbdkit. Holes are
-    /// zero-filled, pages out on swap read with `pread`. Blocks being read are locked, so no hole can be
-    /// punched in between. Elsewhere reads use `pread` only: a mapped read
-    /// of a failing disk would be SIGBUS instead of EIO.
+    /// and on a full tmpfs that is SIGBUS, which would kill nbdkit. Holes
+    /// are zero-filled, pages out on swap read with `pread`. Blocks being
+    /// read are locked, so no hole can be punched in between. Elsewhere
+    /// reads use `pread` only: a mapped read of a failing disk would be
+    /// SIGBUS instead of EIO.
     static let mappedReadMinimum = 64 << 10
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
