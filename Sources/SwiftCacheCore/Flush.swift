@@ -1,7 +1,8 @@
 import SystemPackage
 
 /// flush: every block dirty when the flush starts is written back to the
-/// plugin, then the plugin is flushed. Write-back sends one plugin request
+/// plugin, then the plugin is flushed (and the cache brought back under
+/// cache-max-size, if failed write-backs kept it over). Write-back sends one plugin request
 /// per run of dirty blocks, and several runs at once when nbdkit's thread
 /// model allows. A block that fails to write back stays dirty; the flush
 /// reports the first error.
@@ -9,6 +10,9 @@ extension Engine {
     public func flush(backend: some Backend) throws(CacheError) {
         guard config.mode != .unsafe else { return }
         var firstError = writeBackAll(backend: backend)
+        // Blocks that could not be written back before may have kept the
+        // cache over cache-max-size: now clean, they can go.
+        reclaimIfNeeded(owned: 0..<0, backend: backend)
         if backend.canFlush {
             do { try backend.flush() } catch {
                 firstError = firstError ?? CacheError(error, "plugin flush")

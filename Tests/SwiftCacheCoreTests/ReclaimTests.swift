@@ -168,10 +168,15 @@ final class ReclaimTests: EngineTestCase {
         }
         XCTAssertEqual(e.dirtyBlockCount, 40, "no dirty block is dropped unwritten")
         assertBytes(try e.readBytes(0, 4 * MiB, b), model)
+        XCTAssertEqual(e.cachedBytes, 40 * B, "over the limit while nothing can be written back")
         b.clearFaults()
         try e.flush(backend: b)
         assertBytes(b.allBytes, model)
         XCTAssertEqual(e.dirtyBlockCount, 0)
+        // Now clean, the blocks can go: the flush brings the cache under
+        // the limit without waiting for the next write.
+        XCTAssertLessThanOrEqual(e.cachedBytes, 12 * B, "back under the low threshold after the flush")
+        assertBytes(try e.readBytes(0, 4 * MiB, b), model)
     }
 
     func testReclaimIsSkippedForDirtyBlocksWhenThePluginCannotWrite() throws {
