@@ -89,18 +89,26 @@ extension Engine {
 
     /// writethrough, or FUA: the plugin gets the client's bytes as they are,
     /// one request per client request. Meanwhile the cache stores them as a
-    /// writeback write would, as dirty, except in a partly written block it
-    /// does not hold at all (that would need a plugin read). Once the plugin
-    /// has them, the blocks it matches again are clean; if it fails, the
-    /// blocks that were not newer than it already are dropped.
+    /// writeback write would, as dirty. A partly written block the cache
+    /// does not hold at all is read from the plugin first in writethrough
+    /// (read-modify-write, so the cache keeps what was written), and left
+    /// out of the cache for a FUA write in writeback (which never reads the
+    /// plugin). Once the plugin has the bytes, the blocks it matches again
+    /// are clean; if it fails, the blocks that were not newer than it
+    /// already are dropped.
     private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
         let before = state.withLock { s in write.locked.map { s.blocks[$0] } }
-        func held(_ block: UInt64) -> Bool { before[Int(block - write.locked.lowerBound)] != .notCached }
+        func stateBefore(_ block: UInt64) -> BlockState { before[Int(block - write.locked.lowerBound)] }
+        let unheldEdges = write.edges.filter { stateBefore($0) == .notCached }
+        let completesEdges = config.mode == .writethrough
         var blocks = write.locked
-        if write.edges.contains(blocks.lowerBound) && !held(blocks.lowerBound) { blocks = blocks.dropFirst() }
-        if let last = blocks.last, write.edges.contains(last) && !held(last) { blocks = blocks.dropLast() }
+        if !completesEdges {
+            if unheldEdges.contains(blocks.lowerBound) { blocks = blocks.dropFirst() }
+            if let last = blocks.last, unheldEdges.contains(last) { blocks = blocks.dropLast() }
+        }
         let stored = blocks
+        let completed = completesEdges ? unheldEdges : []
 
         // A large write copies into the cache on a thread of our own while the
         // plugin takes it: nbdkit allows this under its parallel thread model,
@@ -117,22 +125,30 @@ extension Engine {
                     pluginError.withLock { $0 = error }
                 }
             } else if !stored.isEmpty {
-                do throws(CacheError) { try self.storeBack(bytes, write, blocks: stored, backend: backend) } catch {
+                do throws(CacheError) {
+                    // The rest of the block is not being written: reading it
+                    // while the plugin takes the write is safe, since the
+                    // written part is stored over it next.
+                    for edge in completed { try self.complete(edge, exportSize: write.exportSize, backend: backend) }
+                    try self.storeBack(bytes, write, blocks: stored, backend: backend)
+                } catch {
                     cacheError.withLock { $0 = error }
                 }
             }
         }
-        if let error = pluginError.withLock({ $0 }) {
-            // The plugin may hold any part of the new bytes: only blocks that
-            // were already newer than it keep what the cache has; the rest
-            // read from the plugin again.
-            drop(stored.filter { [.clean, .notCached].contains(before[Int($0 - write.locked.lowerBound)]) })
-            throw CacheError(error, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
+        // Either failure may leave old bytes in blocks the cache had as
+        // clean: only blocks that were already newer than the plugin keep
+        // what the cache has; the rest read from the plugin again.
+        let failure: CacheError? = pluginError.withLock { $0 }.map {
+            CacheError($0, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
+        } ?? cacheError.withLock { $0 }
+        if let failure {
+            drop(stored.filter { [.clean, .notCached].contains(stateBefore($0)) })
+            throw failure
         }
-        if let error = cacheError.withLock({ $0 }) { throw error }
         state.withLock { s in
             for block in stored where s.blocks[block] == .dirty
-                && (!write.edges.contains(block) || before[Int(block - write.locked.lowerBound)] == .clean) {
+                && (!write.edges.contains(block) || stateBefore(block) == .clean || completed.contains(block)) {
                 s.blocks[block] = .clean
             }
         }

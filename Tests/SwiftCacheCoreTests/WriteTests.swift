@@ -185,41 +185,63 @@ final class WriteTests: EngineTestCase {
         XCTAssertEqual(b.stats.flushes, 1)
     }
 
-    func testWritethroughPartialWritesDoNotReadTheBackend() throws {
+    /// SPEC §4: writethrough stores what it writes, and partial blocks are
+    /// read-modify-written: the plugin gets the client's bytes as they are,
+    /// and a partly written block the cache lacks is read to be kept whole.
+    func testWritethroughPartialWritesReadModifyWriteUncachedBlocks() throws {
         let b = MemoryBackend(size: MiB, seed: 32)
         let e = try makeEngine(b, mode: .writethrough)
         var model = b.allBytes
 
-        // Partial write of an uncached block: passed through, not cached, nothing read.
+        // Partial write of an uncached block: passed through as it is, and
+        // the block read once to be cached whole.
         let data = randomBytes(1000, seed: 33)
         try e.writeBytes(data, at: 2 * B + 5000, b)
         model.replaceSubrange(Int(2 * B) + 5000..<Int(2 * B) + 6000, with: data)
         XCTAssertEqual(b.stats.writeLog, [Req(2 * B + 5000, 1000)])
-        XCTAssertEqual(b.stats.reads, 0)
-        XCTAssertEqual(e.state(ofBlock: 2), .notCached)
+        XCTAssertEqual(b.stats.readLog, [Req(2 * B, B)])
+        XCTAssertEqual(e.state(ofBlock: 2), .clean)
+        assertBytes(try e.readBytes(2 * B, B, b), Array(model[Int(2 * B)..<Int(3 * B)]), "from the cache")
+        XCTAssertEqual(b.stats.reads, 1)
 
-        // Partial head and tail with whole blocks between: the plugin gets the
-        // bytes as they are; the whole blocks become clean; nothing is read.
+        // Partial head and tail with whole blocks between: one plugin write of
+        // the bytes as they are; the two edge blocks are read; all are clean.
         let wide = randomBytes(Int(3 * B), seed: 34)
         try e.writeBytes(wide, at: 4 * B + 10, b)
         model.replaceSubrange(Int(4 * B) + 10..<Int(7 * B) + 10, with: wide)
         XCTAssertEqual(b.stats.writeLog.last, Req(4 * B + 10, 3 * B))
-        XCTAssertEqual(b.stats.reads, 0)
-        XCTAssertEqual(e.states(4..<8), [.notCached, .clean, .clean, .notCached])
+        XCTAssertEqual(Set(b.stats.readLog.dropFirst()), [Req(4 * B, B), Req(7 * B, B)])
+        XCTAssertEqual(e.states(4..<8), [.clean, .clean, .clean, .clean])
+        assertBytes(try e.readBytes(4 * B, 4 * B, b), Array(model[Int(4 * B)..<Int(8 * B)]), "from the cache")
+        XCTAssertEqual(b.stats.reads, 3)
 
         // Partial write of a cached block: it is updated in place and stays clean.
         try e.cache(count: B, at: 0, backend: b)
-        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(b.stats.reads, 4)
         try e.writeBytes([5, 6, 7], at: 100, b)
         model.replaceSubrange(100..<103, with: [5, 6, 7])
         XCTAssertEqual(b.stats.writeLog.last, Req(100, 3))
-        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(b.stats.reads, 4)
         XCTAssertEqual(e.state(ofBlock: 0), .clean)
         assertBytes(try e.readBytes(0, B, b), Array(model[..<Int(B)]), "updated clean copy")
-        XCTAssertEqual(b.stats.reads, 1)
+        XCTAssertEqual(b.stats.reads, 4)
 
         assertBytes(b.allBytes, model, "backend")
         assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+    }
+
+    /// A FUA write in writeback goes through to the plugin but never reads
+    /// it: a partly written block the cache lacks is left out.
+    func testFUAPartialWriteInWritebackDoesNotReadTheBackend() throws {
+        let b = MemoryBackend(size: MiB, seed: 38, fuaMode: .native)
+        let e = try makeEngine(b, mode: .writeback)
+        let data = randomBytes(1000, seed: 39)
+        try e.writeBytes(data, at: 2 * B + 5000, fua: true, b)
+        XCTAssertEqual(b.stats.writeLog, [Req(2 * B + 5000, 1000, fua: true)])
+        XCTAssertEqual(b.stats.reads, 0)
+        XCTAssertEqual(e.state(ofBlock: 2), .notCached)
+        assertBytes(try e.readBytes(2 * B + 5000, 1000, b), data)
     }
 
     func testWritethroughWriteFailureLeavesNoNewDataMarkedClean() throws {
@@ -430,10 +452,10 @@ final class OverlappedWritethroughTests: EngineTestCase {
         assertBytes(b.allBytes, model, "backend")
         XCTAssertEqual(e.dirtyBlockCount, 0, "nothing is left dirty")
         XCTAssertEqual(e.states(0..<2), [.clean, .clean], "the cached head block stays a clean copy")
-        XCTAssertEqual(e.state(ofBlock: 16), .notCached, "a partly written uncached block is not cached")
+        XCTAssertEqual(e.state(ofBlock: 16), .clean, "a partly written uncached block is read and kept")
         let reads = b.stats.reads
-        assertBytes(try e.readBytes(0, 16 * B, b), Array(model[..<Int(16 * B)]), "read back from the cache")
-        XCTAssertEqual(b.stats.reads, reads, "blocks 0...15 were all cached")
+        assertBytes(try e.readBytes(0, 17 * B, b), Array(model[..<Int(17 * B)]), "read back from the cache")
+        XCTAssertEqual(b.stats.reads, reads, "blocks 0...16 were all cached")
     }
 
     func testLargeWritethroughFailureOnTwoThreadsKeepsNoNewDataAsClean() throws {
