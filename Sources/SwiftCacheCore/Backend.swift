@@ -32,6 +32,9 @@ public protocol Backend: Sendable {
     var fuaMode: FUAMode { get }
     /// The plugin's largest request (its block size maximum), if it has one.
     var maximumRequest: UInt64 { get }
+    /// The plugin's block size minimum (1 if it has none): write-back keeps
+    /// its requests aligned to it.
+    var minimumRequest: UInt64 { get }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno)
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno)
@@ -44,6 +47,7 @@ public protocol Backend: Sendable {
 
 extension Backend {
     public var maximumRequest: UInt64 { Engine.maxTransfer }
+    public var minimumRequest: UInt64 { 1 }
 
     /// The largest request the cache sends the plugin.
     var transferLimit: UInt64 { min(Engine.maxTransfer, maximumRequest) }

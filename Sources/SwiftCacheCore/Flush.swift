@@ -53,8 +53,9 @@ extension Engine {
 
     /// Writes back the dirty and partial blocks of `blocks` (held
     /// exclusively). A partial block holding one range writes just that and
-    /// leaves the cache; one holding more is completed from the plugin first
-    /// (one read, then it joins the run) — whichever costs fewer requests.
+    /// leaves the cache; one holding more, or a range not aligned to the
+    /// plugin's block size minimum, is completed from the plugin first (one
+    /// read, then it joins the run) — whichever costs fewer requests.
     func writeBackHeld(_ blocks: Range<UInt64>, backend: some Backend) -> CacheError? {
         var firstError: CacheError?
         let (exportSize, partials) = state.withLock { s in
@@ -62,12 +63,14 @@ extension Engine {
         }
         for (block, held) in partials {
             do throws(CacheError) {
-                if held.ranges.count == 1 {
-                    let start = block << blockShift
-                    let range = held.ranges[0]
-                    // Clamped: the export may have shrunk since.
-                    try writeBack((start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)).clamped(to: 0..<exportSize),
-                                  backend: backend)
+                let start = block << blockShift
+                // Clamped: the export may have shrunk since.
+                let single = held.ranges.count == 1
+                    ? (start + UInt64(held.ranges[0].lowerBound)..<start + UInt64(held.ranges[0].upperBound)).clamped(to: 0..<exportSize)
+                    : nil
+                if let single, single.lowerBound % backend.minimumRequest == 0,
+                   single.upperBound % backend.minimumRequest == 0 || single.upperBound == exportSize {
+                    try writeBack(single, backend: backend)
                     drop([block])
                 } else {
                     try complete(block, exportSize: exportSize, backend: backend)

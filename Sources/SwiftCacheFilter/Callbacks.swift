@@ -82,6 +82,7 @@ enum Callbacks {
         var minimum: UInt32 = 0, preferred: UInt32 = 0, maximum: UInt32 = 0
         guard next.pointee.block_size(next, &minimum, &preferred, &maximum) != -1 else { return -1 }
         capabilities.maximumRequest = maximum
+        capabilities.minimumRequest = minimum
         connection.capabilities = capabilities
         return 0
     }

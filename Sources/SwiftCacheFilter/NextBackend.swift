@@ -11,6 +11,8 @@ struct PluginCapabilities {
     var fuaMode = FUAMode.none
     /// The plugin's block size maximum (0: none).
     var maximumRequest: UInt32 = 0
+    /// The plugin's block size minimum (0: none).
+    var minimumRequest: UInt32 = 0
 }
 
 /// The core's `Backend` over nbdkit's `next` for one request. `next` is only
@@ -27,6 +29,7 @@ struct NextBackend: Backend, @unchecked Sendable {
     var maximumRequest: UInt64 {
         capabilities.maximumRequest == 0 ? Engine.maxTransfer : UInt64(capabilities.maximumRequest)
     }
+    var minimumRequest: UInt64 { UInt64(max(capabilities.minimumRequest, 1)) }
 
     private func call(_ body: (UnsafeMutablePointer<Int32>) -> Int32) throws(Errno) {
         var err: Int32 = 0

@@ -798,4 +798,26 @@ final class PartialBlockTests: EngineTestCase {
         expected[9] = 3
         assertBytes(try e.readBytes((limit + 4) * 4096, 4096, b), expected)
     }
+
+    /// A plugin with a block size minimum gets aligned write-backs: a held
+    /// range that is aligned goes alone, one that is not has its block
+    /// completed and written whole (a client that ignores the advertised
+    /// minimum must not pass it on to the plugin).
+    func testWriteBackKeepsToThePluginsMinimumBlockSize() throws {
+        let b = MemoryBackend(size: MiB, seed: 90, minimumRequest: 4096)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        for (offset, count) in [(2 * B + 8192, 4096), (4 * B + 100, 1000), (6 * B + 4096, 5000)] {
+            let data = randomBytes(count, seed: offset)
+            try e.writeBytes(data, at: offset, b)
+            model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
+        }
+        XCTAssertEqual(e.states(2..<7), [.partial, .notCached, .partial, .notCached, .partial])
+        XCTAssertEqual(b.stats.reads, 0)
+        try e.flush(backend: b)
+        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(2 * B + 8192, 4096), Req(4 * B, B), Req(6 * B, B)])
+        XCTAssertEqual(b.stats.readLog.sorted(), [Req(4 * B, B), Req(6 * B, B)])
+        assertBytes(b.allBytes, model)
+        assertBytes(try e.readBytes(0, MiB, b), model)
+    }
 }

@@ -69,6 +69,8 @@ final class MemoryBackend: Backend, Sendable {
     let canFlush: Bool
     let canZero: Bool
     let fuaMode: FUAMode
+    /// Writes must be aligned to this (nbdkit's block size minimum).
+    let minimumRequest: UInt64
 
     private struct State {
         var disk: [UInt8]
@@ -87,8 +89,9 @@ final class MemoryBackend: Backend, Sendable {
     private let state: ConditionLock<State>
 
     init(bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
-         fuaMode: FUAMode = .native) {
+         fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1) {
         size = UInt64(bytes.count)
+        self.minimumRequest = minimumRequest
         self.canWrite = canWrite
         self.canFlush = canFlush
         self.canZero = canZero
@@ -98,9 +101,9 @@ final class MemoryBackend: Backend, Sendable {
 
     /// A disk of `size` pseudo-random bytes.
     convenience init(size: UInt64, seed: UInt64, canWrite: Bool = true, canFlush: Bool = true,
-                     canZero: Bool = true, fuaMode: FUAMode = .native) {
+                     canZero: Bool = true, fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1) {
         self.init(bytes: randomBytes(Int(size), seed: seed), canWrite: canWrite, canFlush: canFlush,
-                  canZero: canZero, fuaMode: fuaMode)
+                  canZero: canZero, fuaMode: fuaMode, minimumRequest: minimumRequest)
     }
 
     // MARK: Inspection and control
@@ -214,6 +217,10 @@ final class MemoryBackend: Backend, Sendable {
         hook?(Req(offset, UInt64(buffer.count), fua: fua))
         try state.withLock { (s: inout State) throws(Errno) in
             guard check(&s, "write", offset, UInt64(buffer.count)) else { throw Errno.invalidArgument }
+            let end = offset + UInt64(buffer.count)
+            if offset % minimumRequest != 0 || (end % minimumRequest != 0 && end != size) {
+                s.violations.append("write of \(buffer.count) bytes at \(offset) not aligned to the minimum \(minimumRequest)")
+            }
             if !canWrite { s.violations.append("write at \(offset) but the plugin cannot write") }
             checkFUA(&s, "write", fua)
             try writeFault(&s, offset, UInt64(buffer.count)) { s, n in
@@ -424,6 +431,7 @@ struct Connection: Backend {
     var canFlush: Bool { disk.canFlush }
     var canZero: Bool { disk.canZero }
     var fuaMode: FUAMode { disk.fuaMode }
+    var minimumRequest: UInt64 { disk.minimumRequest }
 
     private func checkWritable(_ what: String, _ offset: UInt64) {
         if !canWrite { violations.withLock { $0.append("\(what) at \(offset) through a read-only connection") } }
