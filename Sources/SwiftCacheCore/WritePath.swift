@@ -93,22 +93,33 @@ extension Engine {
     /// does not hold at all is read from the plugin first in writethrough
     /// (read-modify-write, so the cache keeps what was written), and left
     /// out of the cache for a FUA write in writeback (which never reads the
-    /// plugin). Once the plugin has the bytes, the blocks it matches again
-    /// are clean; if it fails, the blocks that were not newer than it
-    /// already are dropped.
+    /// plugin) or when that read fails. Once the plugin has the bytes, the
+    /// blocks it matches again are clean; if it or the cache file fails, the
+    /// blocks that were not newer than it already are dropped.
     private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
         let before = state.withLock { s in write.locked.map { s.blocks[$0] } }
         func stateBefore(_ block: UInt64) -> BlockState { before[Int(block - write.locked.lowerBound)] }
         let unheldEdges = write.edges.filter { stateBefore($0) == .notCached }
-        let completesEdges = config.mode == .writethrough
-        var blocks = write.locked
-        if !completesEdges {
-            if unheldEdges.contains(blocks.lowerBound) { blocks = blocks.dropFirst() }
-            if let last = blocks.last, unheldEdges.contains(last) { blocks = blocks.dropLast() }
+        // Read-modify-write first, as the C filter does. Keeping the block is
+        // optional: if the read fails the block is left out of the cache and
+        // the write goes on (a rewrite of a bad sector must still work).
+        var completed: [UInt64] = []
+        if config.mode == .writethrough {
+            for edge in unheldEdges {
+                do throws(CacheError) {
+                    try complete(edge, exportSize: write.exportSize, backend: backend)
+                    completed.append(edge)
+                } catch {
+                    debug("write through: block \(edge) left out of the cache: \(error)")
+                }
+            }
         }
+        var blocks = write.locked
+        let leftOut = unheldEdges.filter { !completed.contains($0) }
+        if leftOut.contains(blocks.lowerBound) { blocks = blocks.dropFirst() }
+        if let last = blocks.last, leftOut.contains(last) { blocks = blocks.dropLast() }
         let stored = blocks
-        let completed = completesEdges ? unheldEdges : []
 
         // A large write copies into the cache on a thread of our own while the
         // plugin takes it: nbdkit allows this under its parallel thread model,
@@ -125,13 +136,7 @@ extension Engine {
                     pluginError.withLock { $0 = error }
                 }
             } else if !stored.isEmpty {
-                do throws(CacheError) {
-                    // The rest of the block is not being written: reading it
-                    // while the plugin takes the write is safe, since the
-                    // written part is stored over it next.
-                    for edge in completed { try self.complete(edge, exportSize: write.exportSize, backend: backend) }
-                    try self.storeBack(bytes, write, blocks: stored, backend: backend)
-                } catch {
+                do throws(CacheError) { try self.storeBack(bytes, write, blocks: stored, backend: backend) } catch {
                     cacheError.withLock { $0 = error }
                 }
             }

@@ -231,6 +231,24 @@ final class WriteTests: EngineTestCase {
         XCTAssertEqual(e.dirtyBlockCount, 0)
     }
 
+    /// The read of a read-modify-write is optional: if it fails, the block
+    /// is left out of the cache and the write still succeeds (rewriting a
+    /// bad sector must work).
+    func testWritethroughPartialWriteWhoseBlockCannotBeReadStillSucceeds() throws {
+        let b = MemoryBackend(size: MiB, seed: 40)
+        let e = try makeEngine(b, mode: .writethrough)
+        var model = b.allBytes
+        b.failNextReads(1, .ioError)
+        let data = randomBytes(512, seed: 41)
+        try e.writeBytes(data, at: 3 * B + 1024, b)
+        model.replaceSubrange(Int(3 * B) + 1024..<Int(3 * B) + 1536, with: data)
+        XCTAssertEqual(b.stats.failedReads, 1)
+        XCTAssertEqual(b.stats.writeLog, [Req(3 * B + 1024, 512)])
+        XCTAssertEqual(e.state(ofBlock: 3), .notCached)
+        assertBytes(b.allBytes, model, "backend")
+        assertBytes(try e.readBytes(0, MiB, b), model, "read back")
+    }
+
     /// A FUA write in writeback goes through to the plugin but never reads
     /// it: a partly written block the cache lacks is left out.
     func testFUAPartialWriteInWritebackDoesNotReadTheBackend() throws {
