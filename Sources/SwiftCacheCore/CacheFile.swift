@@ -41,7 +41,7 @@ public final class CacheFile: Sendable {
     /// On tmpfs, reads of at least this many bytes copy the pages the file
     /// holds from read-only shared mappings of it: for 1 MiB reads that is
     /// a third less CPU than `pread`, whose per-page work dominates there
-    /// (below 64 KiB the two cost the same, and `pread` is simpler). Which
+    /// (for 4 KiB reads the two measured the same, and `pread` is simpler). Which
     /// pages the file holds, `mincore` says first: touching a hole (plugin
     /// zeroes, zeroed or trimmed blocks) through a mapping would allocate it,
     /// and on a full tmpfs that is SIGBUS, which would kill nbdkit. Holes
@@ -75,30 +75,31 @@ public final class CacheFile: Sendable {
                                within: Int, at position: UInt64) throws(CacheError) {
         let page = Self.pageSize, end = within + buffer.count
         var firstPage = within / page
-        var held = [UInt8](repeating: 0, count: 256)
-        while firstPage * page < end {
-            let pages = min(held.count, (end - firstPage * page + page - 1) / page)
-            let answered = held.withUnsafeMutableBufferPointer { vector in
-                mincore(UnsafeMutableRawPointer(mutating: window + firstPage * page), pages * page, vector.baseAddress) == 0
-            }
-            var run = 0
-            while run < pages {
-                let isHeld = answered && held[run] & 1 != 0
-                var runEnd = run + 1
-                while runEnd < pages && (answered && held[runEnd] & 1 != 0) == isHeld { runEnd += 1 }
-                let from = max((firstPage + run) * page, within), to = min((firstPage + runEnd) * page, end)
-                let part = UnsafeMutableRawBufferPointer(rebasing: buffer[from - within..<to - within])
-                let partOffset = position + UInt64(from - within)
-                if isHeld {
-                    part.copyMemory(from: UnsafeRawBufferPointer(start: window + from, count: part.count))
-                } else if isHole(partOffset..<partOffset + UInt64(part.count)) {
-                    part.initializeMemory(as: UInt8.self, repeating: 0)
-                } else {
-                    try pread(into: part, at: partOffset)
+        // mincore's answer, 256 pages (1 MiB) at a time, on the stack.
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { (held) throws(CacheError) in
+            while firstPage * page < end {
+                let pages = min(held.count, (end - firstPage * page + page - 1) / page)
+                let answered = mincore(UnsafeMutableRawPointer(mutating: window + firstPage * page), pages * page,
+                                       held.baseAddress) == 0
+                func isHeld(_ i: Int) -> Bool { answered && held[i] & 1 != 0 }
+                var run = 0
+                while run < pages {
+                    var runEnd = run + 1
+                    while runEnd < pages && isHeld(runEnd) == isHeld(run) { runEnd += 1 }
+                    let from = max((firstPage + run) * page, within), to = min((firstPage + runEnd) * page, end)
+                    let part = UnsafeMutableRawBufferPointer(rebasing: buffer[from - within..<to - within])
+                    let partOffset = position + UInt64(from - within)
+                    if isHeld(run) {
+                        part.copyMemory(from: UnsafeRawBufferPointer(start: window + from, count: part.count))
+                    } else if isHole(partOffset..<partOffset + UInt64(part.count)) {
+                        part.initializeMemory(as: UInt8.self, repeating: 0)
+                    } else {
+                        try pread(into: part, at: partOffset)
+                    }
+                    run = runEnd
                 }
-                run = runEnd
+                firstPage += pages
             }
-            firstPage += pages
         }
     }
 

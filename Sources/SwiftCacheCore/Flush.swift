@@ -2,10 +2,10 @@ import SystemPackage
 
 /// flush: every block dirty when the flush starts is written back to the
 /// plugin, then the plugin is flushed (and the cache brought back under
-/// cache-max-size, if failed write-backs kept it over). Write-back sends one plugin request
-/// per run of dirty blocks, and several runs at once when nbdkit's thread
-/// model allows. A block that fails to write back stays dirty; the flush
-/// reports the first error.
+/// cache-max-size, if failed write-backs kept it over). Write-back sends
+/// one plugin request per run of dirty blocks, and several runs at once
+/// when nbdkit's thread model allows. A block that fails to write back
+/// stays dirty; the flush reports the first error.
 extension Engine {
     public func flush(backend: some Backend) throws(CacheError) {
         guard config.mode != .unsafe else { return }
@@ -63,14 +63,12 @@ extension Engine {
         }
         for (block, held) in partials {
             do throws(CacheError) {
-                let start = block << blockShift
+                let start = block << blockShift, minimum = backend.minimumRequest
                 // Clamped: the export may have shrunk since.
-                let single = held.ranges.count == 1
-                    ? (start + UInt64(held.ranges[0].lowerBound)..<start + UInt64(held.ranges[0].upperBound)).clamped(to: 0..<exportSize)
-                    : nil
-                if let single, single.lowerBound % backend.minimumRequest == 0,
-                   single.upperBound % backend.minimumRequest == 0 || single.upperBound == exportSize {
-                    try writeBack(single, backend: backend)
+                let single = held.ranges.count == 1 ? held.ranges[0] : nil
+                let span = single.map { (start + UInt64($0.lowerBound)..<start + UInt64($0.upperBound)).clamped(to: 0..<exportSize) }
+                if let span, span.lowerBound % minimum == 0, span.upperBound % minimum == 0 || span.upperBound == exportSize {
+                    try writeBack(span, backend: backend)
                     drop([block])
                 } else {
                     try complete(block, exportSize: exportSize, backend: backend)
