@@ -1,7 +1,7 @@
 import SystemPackage
 
 /// How the plugin below handles Forced Unit Access.
-public enum FUAMode: Sendable {
+public enum FUAMode: Sendable, CaseIterable {
     case none, emulate, native
 }
 
@@ -26,6 +26,9 @@ public struct Extent: Equatable, Sendable {
 /// in-memory disk in the tests). Every call is for one connection; a
 /// backend may be used from several threads at once.
 public protocol Backend: Sendable {
+    /// The export's size as this connection sees it: the cache never asks
+    /// for a byte past it.
+    var size: UInt64 { get }
     var canWrite: Bool { get }
     var canFlush: Bool { get }
     var canZero: Bool { get }
@@ -38,7 +41,9 @@ public protocol Backend: Sendable {
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno)
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno)
-    func zero(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno)
+    /// `mayTrim`: the client allows a hole (no NBD_CMD_FLAG_NO_HOLE); the
+    /// cache passes it on as it came and never adds it.
+    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno)
     func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno)
     func flush() throws(Errno)
     /// Block status from `offset` on, covering at least one byte.
@@ -51,4 +56,28 @@ extension Backend {
 
     /// The largest request the cache sends the plugin.
     var transferLimit: UInt64 { min(Engine.maxTransfer, maximumRequest) }
+
+    /// A plugin read of any length, in requests nbdkit accepts.
+    func readAll(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
+        var done = 0
+        while done < buffer.count {
+            let n = min(buffer.count - done, Int(transferLimit))
+            do {
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]), at: offset + UInt64(done))
+            } catch {
+                throw CacheError(error, "plugin read of \(n) bytes at \(offset + UInt64(done))")
+            }
+            done += n
+        }
+    }
+
+    /// A plugin write of any length, in requests the plugin accepts.
+    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno) {
+        var done = 0
+        while done < bytes.count {
+            let n = min(bytes.count - done, Int(transferLimit))
+            try write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: offset + UInt64(done), fua: fua)
+            done += n
+        }
+    }
 }

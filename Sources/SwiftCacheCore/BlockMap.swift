@@ -41,10 +41,22 @@ struct BlockMap {
     /// Blocks with storage in the cache file (whole or partial).
     var occupiedCount: UInt64 { cachedCount + UInt64(partials.count) }
 
-    mutating func resize(to blocks: UInt64) {
-        for block in Swift.min(blocks, blockCount)..<blockCount { self[block] = .notCached }
+    /// Adds not-cached blocks up to `blocks` (the map never shrinks: a
+    /// connection opened before the export shrank may still use them).
+    mutating func grow(to blocks: UInt64) {
+        guard blocks > blockCount else { return }
         cached.resize(to: blocks)
         dirty.resize(to: blocks)
+    }
+
+    /// The first block at or after `from` with storage (cached or partial).
+    func occupied(from: UInt64) -> UInt64? {
+        let inCache = cached.firstSet(from: from, to: blockCount)
+        let inDirty = dirty.firstSet(from: from, to: blockCount)
+        switch (inCache, inDirty) {
+        case let (a?, b?): return Swift.min(a, b)
+        case let (a, b): return a ?? b
+        }
     }
 
     /// Setting `.partial` is for `hold(_:in:length:)`, which records the ranges.

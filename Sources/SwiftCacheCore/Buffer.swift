@@ -15,5 +15,11 @@ final class Buffer {
         bytes = UnsafeMutableRawBufferPointer(start: memory, count: count)
     }
 
+    static func allocate(_ count: Int) throws(CacheError) -> Buffer {
+        do { return try Buffer(count: count) } catch {
+            throw CacheError(error, "allocating \(count) bytes")
+        }
+    }
+
     deinit { free(bytes.baseAddress) }
 }

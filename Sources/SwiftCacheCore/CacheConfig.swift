@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// `cache=`: when writes reach the plugin.
 public enum CacheMode: String, Sendable, CaseIterable {
     /// Writes stay in the cache until a flush (the default).
@@ -35,4 +37,25 @@ public struct CacheConfig: Sendable {
     public var cacheOnRead: CacheOnRead = .never
 
     public init() {}
+
+    /// The checks that need every parameter: the core is never built on a
+    /// configuration that breaks them.
+    public func validate() throws(CacheError) {
+        guard minBlockSize >= 4096, minBlockSize <= UInt64(UInt32.max), minBlockSize.nonzeroBitCount == 1 else {
+            throw CacheError(.invalidArgument,
+                             "cache-min-block-size (\(minBlockSize)) must be a power of 2, at least 4096 and at most 4G-1")
+        }
+        guard highThreshold > 0, lowThreshold > 0 else {
+            throw CacheError(.invalidArgument, "cache-high-threshold and cache-low-threshold must be greater than zero")
+        }
+        if let maxSize {
+            guard maxSize >= 1 << 20 else {
+                throw CacheError(.invalidArgument, "cache-max-size (\(maxSize)) must be at least 1M")
+            }
+            guard lowThreshold < highThreshold else {
+                throw CacheError(.invalidArgument, "cache-low-threshold (\(lowThreshold)) must be less than "
+                                 + "cache-high-threshold (\(highThreshold)) when cache-max-size is set")
+            }
+        }
+    }
 }

@@ -11,13 +11,13 @@ import SystemPackage
 /// It is unlinked as soon as it is created, so it vanishes with the process.
 /// Block N of the export lives at the same offset in the file, which keeps
 /// runs of blocks contiguous: one syscall serves a run.
-public final class CacheFile: Sendable {
+public final class CacheFile: CacheStorage {
     let fd: FileDescriptor
     /// The file system's preferred block size (`st_blksize`).
     public let fileSystemBlockSize: UInt64
     /// Whether large reads may copy from mappings (see `read`): on tmpfs only.
     private let mapsReads: Bool
-    private let windows = ConditionLock(MappedWindows())
+    private let windows = Lock<MappedWindows>(MappedWindows())
 
     /// Creates and unlinks the cache file in `directory`.
     public init(directory: String) throws(CacheError) {
@@ -51,7 +51,7 @@ public final class CacheFile: Sendable {
     /// SIGBUS instead of EIO.
     static let mappedReadMinimum = 64 << 10
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
         guard mapsReads, buffer.count >= Self.mappedReadMinimum else { return try pread(into: buffer, at: offset) }
         var done = 0
         while done < buffer.count {
@@ -122,7 +122,7 @@ public final class CacheFile: Sendable {
         }
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
         do { try fd.writeAll(buffer, at: offset) } catch {
             throw CacheError(error, "cache file write of \(buffer.count) bytes at \(offset)")
         }
@@ -130,7 +130,7 @@ public final class CacheFile: Sendable {
 
     /// Makes a range read as zeroes: a hole where the file system can punch
     /// one, written zeroes where it cannot.
-    func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
+    public func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
         do {
             try fd.punchHole(at: offset, length: length)
             return
@@ -154,14 +154,14 @@ public final class CacheFile: Sendable {
     }
 
     /// Drops a block's storage (reclaim, trim).
-    func discard(at offset: UInt64, length: UInt64) throws(CacheError) {
+    public func discard(at offset: UInt64, length: UInt64) throws(CacheError) {
         do { try fd.punchHole(at: offset, length: length) } catch {
             throw CacheError(error, "cache file punch hole of \(length) bytes at \(offset)")
         }
     }
 
     /// Grows the file (it never shrinks: blocks past a smaller size stay).
-    func resize(to size: UInt64) throws(CacheError) {
+    public func resize(to size: UInt64) throws(CacheError) {
         guard let length = Int64(exactly: size) else {
             throw CacheError(.fileTooLarge, "cache file resize to \(size)")
         }

@@ -1,12 +1,16 @@
-/// Where per-block debug messages go (`-D swiftcache.verbose=1` in nbdkit).
-/// The message is only built when the flag is on.
+/// Where the core's messages go: per-block debug messages
+/// (`-D swiftcache.verbose=1` in nbdkit), built only when that is on, and
+/// warnings, which always reach the log.
 public struct DebugLog: Sendable {
     let isOn: @Sendable () -> Bool
     let emit: @Sendable (String) -> Void
+    let warning: @Sendable (String) -> Void
 
-    public init(isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void) {
+    public init(isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void,
+                warning: @escaping @Sendable (String) -> Void = { _ in }) {
         self.isOn = isOn
         self.emit = emit
+        self.warning = warning
     }
 
     public static let off = DebugLog(isOn: { false }, emit: { _ in })
@@ -20,4 +24,7 @@ public struct DebugLog: Sendable {
         guard isOn() else { return }
         for block in blocks { emit("\(what) block \(block)") }
     }
+
+    /// Something the user must hear of, such as data that could not be kept.
+    func warn(_ message: String) { warning(message) }
 }

@@ -10,15 +10,15 @@ import SystemPackage
 extension Engine {
     public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool, backend: some Backend) throws(CacheError) -> [Extent] {
         guard count > 0 else { return [] }
-        _ = try checkBounds(offset: offset, count: count)
-        let covered = blocks(covering: offset, count: count)
-        let dirtyBefore = state.withLock { $0.blocks.dirtyRuns(in: covered) }
+        try checkBounds(offset: offset, count: count, backend: backend)
+        let covered = geometry.blocks(covering: offset, count: count)
+        let dirtyBefore = blocks.dirtyRuns(in: covered)
         let plugin: [Extent]
         do { plugin = try backend.extents(count: count, at: offset, onlyOne: onlyOne) } catch {
             throw CacheError(error, "plugin extents of \(count) bytes at \(offset)")
         }
-        let dirty = union(dirtyBefore, state.withLock { $0.blocks.dirtyRuns(in: covered) })
-            .map { ($0.lowerBound << blockShift)..<($0.upperBound << blockShift) }
+        let dirty = union(dirtyBefore, blocks.dirtyRuns(in: covered))
+            .map { geometry.bytes(of: $0, size: .max) }
         let request = offset..<offset + count
         var result: [Extent] = []
         func append(_ range: Range<UInt64>, _ type: UInt32) {

@@ -18,7 +18,7 @@ struct LRU {
         self.generationSize = Swift.max(generationSize, 1)
     }
 
-    mutating func resize(to blocks: UInt64) {
+    mutating func grow(to blocks: UInt64) {
         recent.resize(to: blocks)
         older.resize(to: blocks)
         if hand >= blocks { hand = 0 }
@@ -44,17 +44,20 @@ struct LRU {
         older[block] = false
     }
 
-    /// The least recently used block of `blocks` with storage (whole or
-    /// partial) that `isEvictable` accepts.
-    mutating func victim(_ blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> UInt64? {
+    /// Up to `count` of the least recently used blocks of `blocks` with
+    /// storage (whole or partial) that `isEvictable` accepts, in one lap per
+    /// pass: blocks in neither plane, then blocks not recent, then any.
+    mutating func victims(_ count: UInt64, in blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> [UInt64] {
         let words = blocks.cached.words.count
-        guard words > 0 else { return nil }
-        let start = hand % (UInt64(words) << 6)
-        let startWord = Int(start >> 6)
-        let startBit: UInt64 = 1 << (start & 63)
+        guard words > 0, count > 0 else { return [] }
+        var chosen: [UInt64] = []
+        var taken = Set<UInt64>()
         for pass in 0..<3 {
             // One lap from the hand: the start word's upper bits first, its
             // lower bits last.
+            let start = hand % (UInt64(words) << 6)
+            let startWord = Int(start >> 6)
+            let startBit: UInt64 = 1 << (start & 63)
             for step in 0...words {
                 let i = (startWord + step) % words
                 var candidates = blocks.cached.words[i] | blocks.dirty.words[i]
@@ -65,13 +68,15 @@ struct LRU {
                 while candidates != 0 {
                     let block = UInt64(i) << 6 + UInt64(candidates.trailingZeroBitCount)
                     candidates &= candidates - 1
-                    if isEvictable(block) {
+                    if !taken.contains(block) && isEvictable(block) {
+                        chosen.append(block)
+                        taken.insert(block)
                         hand = block + 1
-                        return block
+                        if UInt64(chosen.count) == count { return chosen }
                     }
                 }
             }
         }
-        return nil
+        return chosen
     }
 }

@@ -1,37 +1,42 @@
 import SystemPackage
 
-/// The bytes of a write request: the client's data, or zeroes (NBD_CMD_WRITE_ZEROES).
+/// The bytes of a write request: the client's data, or zeroes
+/// (NBD_CMD_WRITE_ZEROES, with whether the client allows a hole).
 enum Payload {
     case data(UnsafeRawBufferPointer)
-    case zeroes(count: UInt64)
+    case zeroes(count: UInt64, mayTrim: Bool)
 
     var count: UInt64 {
         switch self {
         case .data(let bytes): UInt64(bytes.count)
-        case .zeroes(let count): count
+        case .zeroes(let count, _): count
         }
     }
 
     /// Bytes `range` of the payload (relative to its start) to the cache file at `offset`.
-    func store(_ range: Range<UInt64>, in file: CacheFile, at offset: UInt64) throws(CacheError) {
+    func store(_ range: Range<UInt64>, in storage: any CacheStorage, at offset: UInt64) throws(CacheError) {
         guard !range.isEmpty else { return }
         switch self {
         case .data(let bytes):
-            try file.write(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]), at: offset)
+            try storage.write(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
+                              at: offset)
         case .zeroes:
-            try file.zero(at: offset, length: UInt64(range.count))
+            try storage.zero(at: offset, length: UInt64(range.count))
         }
     }
 
-    /// The whole payload to the plugin at `offset`, in requests it accepts.
-    func send(to backend: some Backend, at offset: UInt64, fua: Bool) throws(Errno) {
+    /// Bytes `range` of the payload to the plugin at `offset`, in requests it accepts.
+    func send(_ range: Range<UInt64>, to backend: some Backend, at offset: UInt64, fua: Bool) throws(Errno) {
+        guard !range.isEmpty else { return }
         switch self {
         case .data(let bytes):
-            try writeInPieces(bytes, to: backend, at: offset, fua: fua)
-        case .zeroes(let count) where backend.canZero:
-            try backend.zero(count: count, at: offset, fua: fua)
-        case .zeroes(let count):
+            try backend.writeAll(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
+                                 at: offset, fua: fua)
+        case .zeroes(_, let mayTrim) where backend.canZero:
+            try backend.zero(count: UInt64(range.count), at: offset, fua: fua, mayTrim: mayTrim)
+        case .zeroes:
             // One buffer of zeroes, sent as many times as it takes.
+            let count = UInt64(range.count)
             let zeroes = try Buffer(count: Int(min(count, backend.transferLimit)))
             zeroes.bytes.initializeMemory(as: UInt8.self, repeating: 0)
             var done: UInt64 = 0
@@ -41,15 +46,5 @@ enum Payload {
                 done += UInt64(n)
             }
         }
-    }
-}
-
-/// A plugin write of any length, in requests the plugin accepts.
-func writeInPieces(_ bytes: UnsafeRawBufferPointer, to backend: some Backend, at offset: UInt64, fua: Bool) throws(Errno) {
-    var done = 0
-    while done < bytes.count {
-        let n = min(bytes.count - done, Int(backend.transferLimit))
-        try backend.write(UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]), at: offset + UInt64(done), fua: fua)
-        done += n
     }
 }

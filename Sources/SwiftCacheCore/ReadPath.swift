@@ -1,10 +1,13 @@
 import SystemPackage
 
 /// pread and NBD_CMD_CACHE: cached runs come from the cache file, the rest
-/// from the plugin, kept as clean blocks when cache-on-read (or CACHE) asks.
+/// from the plugin, kept as clean blocks when cache-on-read (or CACHE) asks
+/// and there is room.
 extension Engine {
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, backend: some Backend) throws(CacheError) {
-        try load(offset: offset, count: UInt64(buffer.count), into: buffer, keep: config.cacheOnRead.isOn, backend: backend)
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                     backend: some Backend) throws(CacheError) {
+        try load(offset: offset, count: UInt64(buffer.count), into: buffer, keep: config.cacheOnRead.isOn,
+                 backend: backend)
     }
 
     /// NBD_CMD_CACHE: brings the range into the cache, whatever cache-on-read says.
@@ -15,122 +18,148 @@ extension Engine {
     private func load(offset: UInt64, count: UInt64, into buffer: UnsafeMutableRawBufferPointer?,
                       keep: Bool, backend: some Backend) throws(CacheError) {
         guard count > 0 else { return }
-        let exportSize = try checkBounds(offset: offset, count: count)
-        let locked = blocks(covering: offset, count: count)
-        let request = offset..<offset + count
-        // Readers share blocks; filling a block from the plugin, or completing
+        try checkBounds(offset: offset, count: count, backend: backend)
+        let read = BlockRead(request: offset..<offset + count, buffer: buffer,
+                             size: blocks.size(seenBy: backend.size),
+                             locked: geometry.blocks(covering: offset, count: count))
+        let locked = read.locked
+        // Readers share blocks; filling a block from the plugin, or reading
         // a partial one, needs it alone.
-        let exclusive = lock(locked, exclusiveIf: { s in
-            s.blocks.firstPartial(in: locked) != nil
-                || (keep && s.blocks.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
-        })
-        defer { unlock(locked, exclusive: exclusive) }
-        // A partial block's held bytes are newer than the plugin's: read the
-        // rest once, and the block is whole (and dirty) from then on.
-        if exclusive {
-            while let block = state.withLock({ $0.blocks.firstPartial(in: locked) }) {
-                try complete(block, exportSize: exportSize, backend: backend)
-            }
-        }
-
-        // While the blocks are held, whether each is cached cannot change.
-        var cursor = locked.lowerBound
-        while cursor < locked.upperBound {
-            let (isCached, runEnd) = state.withLock { s in
-                guard s.blocks.cached[cursor] else {
-                    return (false, s.blocks.cached.firstSet(from: cursor, to: locked.upperBound) ?? locked.upperBound)
+        switch blocks.lockForRead(locked, exclusiveIf: { map in
+            map.firstPartial(in: locked) != nil
+                || (keep && map.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
+        }) {
+        case .shared(let held):
+            try copy(read, in: held) { run throws(CacheError) in try readPlugin(run, read, backend: backend) }
+        case .exclusive(let held):
+            let served = try readPartials(read, backend: backend, in: held)
+            try copy(read, in: held) { run throws(CacheError) in
+                // Partial blocks the cache could not complete were served already.
+                var from = run.lowerBound
+                for block in served where run.contains(block) {
+                    try uncached(from..<block, read, keep: keep, backend: backend, in: held)
+                    from = block + 1
                 }
-                let end = s.blocks.cached.firstClear(from: cursor, to: locked.upperBound)
-                // Only blocks the cache holds age; a fill marks its own.
-                if config.maxSize != nil { s.lru.touch(cursor..<end) }
-                return (true, end)
+                try uncached(from..<run.upperBound, read, keep: keep, backend: backend, in: held)
             }
-            let run = cursor..<runEnd
-            let span = bytes(of: run, exportSize: exportSize).clamped(to: request)
-            if isCached {
-                debug.blocks("read from the cache:", run)
-                if let buffer {
-                    try file.read(into: slice(buffer, span, of: request), at: span.lowerBound)
-                }
-            } else if keep {
-                try fill(run, into: buffer, request: request, done: locked.lowerBound, exportSize: exportSize, backend: backend)
-            } else if let buffer {
-                debug.blocks("read from the plugin:", run)
-                try readPlugin(into: slice(buffer, span, of: request), at: span.lowerBound, backend: backend)
-            }
-            cursor = runEnd
         }
     }
 
-    /// Reads uncached `run` (held exclusively) from the plugin into the cache
-    /// as clean blocks, copying the requested part to `buffer`. Reclaims as it
-    /// goes, counting blocks from `done` up as finished with.
-    private func fill(_ run: Range<UInt64>, into buffer: UnsafeMutableRawBufferPointer?, request: Range<UInt64>,
-                      done: UInt64, exportSize: UInt64, backend: some Backend) throws(CacheError) {
+    /// Copies cached runs of the request's blocks to the buffer and hands the
+    /// runs that are not cached whole to `uncached`.
+    private func copy<Access>(_ read: BlockRead, in held: borrowing HeldBlocks<Access>,
+                              uncached: (Range<UInt64>) throws(CacheError) -> Void) throws(CacheError) {
+        var cursor = read.locked.lowerBound
+        while cursor < read.locked.upperBound {
+            let (isCached, end) = blocks.run(from: cursor, to: read.locked.upperBound)
+            let run = cursor..<end
+            if !isCached {
+                try uncached(run)
+            } else if let buffer = read.buffer {
+                debug.blocks("read from the cache:", run)
+                let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
+                try blocks.readCached(into: slice(buffer, span, of: read.request), at: span.lowerBound, in: held)
+            }
+            cursor = end
+        }
+    }
+
+    /// A partial block's held bytes are newer than the plugin's: it is
+    /// assembled in memory from both and served, then kept whole (dirty) if
+    /// the cache file takes it. Returns the blocks it could not keep.
+    private func readPartials(_ read: BlockRead, backend: some Backend,
+                              in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) -> [UInt64] {
+        var served: [UInt64] = []
+        var from = read.locked.lowerBound
+        while let block = blocks.firstPartial(in: from..<read.locked.upperBound) {
+            from = block + 1
+            let blockSpan = geometry.bytes(of: block..<block + 1, size: read.size)
+            let bytes = try Buffer.allocate(blockSpan.count)
+            try blocks.assemble(block, into: bytes.bytes, size: read.size, backend: backend, in: held)
+            if let buffer = read.buffer {
+                let span = blockSpan.clamped(to: read.request)
+                let start = Int(span.lowerBound - blockSpan.lowerBound)
+                slice(buffer, span, of: read.request).copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: bytes.bytes[start..<start + span.count]))
+            }
+            var noRoomNeeded = Reservation(blocks: 0, chunk: block..<block + 1, store: nil)
+            do throws(CacheError) {
+                guard blocks.reaches(block, connectionSize: backend.size) else {
+                    throw CacheError(.invalidArgument, "the block reaches past this connection's end")
+                }
+                try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: block, in: held, using: &noRoomNeeded)
+            } catch {
+                // Served all the same: keeping it is optional for a read.
+                debug("read: partial block \(block) left partial: \(error)")
+                if read.buffer == nil { throw error }
+                served.append(block)
+            }
+        }
+        return served
+    }
+
+    /// Blocks the cache lacks: read from the plugin, and kept as clean blocks
+    /// when asked and there is room (in chunks the room allows; blocks of
+    /// this request already done may be reclaimed to make it).
+    private func uncached(_ run: Range<UInt64>, _ read: BlockRead, keep: Bool, backend: some Backend,
+                          in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+        guard keep, let last = run.last else { return try readPlugin(run, read, backend: backend) }
+        // A block reaching past this connection's end (the export grew since
+        // it opened) cannot be read whole through it.
+        var run = run
+        if !blocks.reaches(last, connectionSize: backend.size) {
+            try readPlugin(last..<last + 1, read, backend: backend)
+            run = run.dropLast()
+        }
         var next = run.lowerBound
         while next < run.upperBound {
-            let wanted = min(run.upperBound - next, max(1, backend.transferLimit >> blockShift))
-            let chunk = next..<next + headroom(upTo: wanted)
-            let span = bytes(of: chunk, exportSize: exportSize)
+            let limit = max(1, backend.transferLimit >> geometry.shift)
+            let wanted = next..<min(run.upperBound, next + limit)
+            var reservation = blocks.reserve(wanted, reclaimable: read.locked.lowerBound..<next, in: held,
+                                             backend: backend)
+            let chunk = reservation.chunk
+            guard !chunk.isEmpty else {
+                // No room even after reclaim: served from the plugin, not kept.
+                try readPlugin(wanted, read, backend: backend)
+                next = wanted.upperBound
+                continue
+            }
+            let span = geometry.bytes(of: chunk, size: read.size)
             debug.blocks("cache from the plugin:", chunk)
-            // Whole blocks inside the request go straight into the client's buffer.
-            if let buffer, span.clamped(to: request) == span {
-                let target = slice(buffer, span, of: request)
-                try readPlugin(into: target, at: span.lowerBound, backend: backend)
-                try store(UnsafeRawBufferPointer(target), at: span.lowerBound)
+            if let buffer = read.buffer, span.clamped(to: read.request) == span {
+                // Whole blocks inside the request go straight into the client's buffer.
+                let target = slice(buffer, span, of: read.request)
+                try backend.readAll(into: target, at: span.lowerBound)
+                try blocks.keepClean(UnsafeRawBufferPointer(target), as: chunk, in: held, using: &reservation)
             } else {
-                let staging = try allocate(span.count)
-                try readPlugin(into: staging.bytes, at: span.lowerBound, backend: backend)
-                try store(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound)
-                if let buffer {
-                    let wantedBytes = span.clamped(to: request)
+                let staging = try Buffer.allocate(span.count)
+                try backend.readAll(into: staging.bytes, at: span.lowerBound)
+                try blocks.keepClean(UnsafeRawBufferPointer(staging.bytes), as: chunk, in: held, using: &reservation)
+                if let buffer = read.buffer {
+                    let wantedBytes = span.clamped(to: read.request)
                     let from = Int(wantedBytes.lowerBound - span.lowerBound)
-                    slice(buffer, wantedBytes, of: request).copyMemory(
+                    slice(buffer, wantedBytes, of: read.request).copyMemory(
                         from: UnsafeRawBufferPointer(rebasing: staging.bytes[from..<from + wantedBytes.count]))
                 }
             }
-            mark(chunk, .clean)
             next = chunk.upperBound
-            reclaimIfNeeded(owned: done..<next, backend: backend)
         }
     }
 
-    /// Keeps plugin data in the cache file; all-zero data as a hole. It is
-    /// punched, not assumed: an uncached block may still hold old bytes (a
-    /// short last block uncached when the export grew, a drop whose punch
-    /// failed).
-    private func store(_ data: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
-        if data.isAllZero {
-            debug("cache from the plugin: \(data.count) bytes of zeroes at \(offset) kept as a hole")
-            try file.zero(at: offset, length: UInt64(data.count))
-        } else {
-            try file.write(data, at: offset)
-        }
-    }
-
-    /// A plugin read of any length, in requests nbdkit accepts.
-    func readPlugin(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, backend: some Backend) throws(CacheError) {
-        var done = 0
-        while done < buffer.count {
-            let n = min(buffer.count - done, Int(backend.transferLimit))
-            do {
-                try backend.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]), at: offset + UInt64(done))
-            } catch {
-                throw CacheError(error, "plugin read of \(n) bytes at \(offset + UInt64(done))")
-            }
-            done += n
-        }
-    }
-
-    func allocate(_ count: Int) throws(CacheError) -> Buffer {
-        do { return try Buffer(count: count) } catch {
-            throw CacheError(error, "allocating \(count) bytes")
-        }
+    /// Reads the request's part of `run` from the plugin, keeping nothing.
+    private func readPlugin(_ run: Range<UInt64>, _ read: BlockRead, backend: some Backend) throws(CacheError) {
+        guard let buffer = read.buffer, !run.isEmpty else { return }
+        debug.blocks("read from the plugin:", run)
+        let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
+        try backend.readAll(into: slice(buffer, span, of: read.request), at: span.lowerBound)
     }
 }
 
-/// The part of a request's buffer that holds bytes `span` of the export.
-func slice(_ buffer: UnsafeMutableRawBufferPointer, _ span: Range<UInt64>, of request: Range<UInt64>) -> UnsafeMutableRawBufferPointer {
-    let from = Int(span.lowerBound - request.lowerBound)
-    return UnsafeMutableRawBufferPointer(rebasing: buffer[from..<from + span.count])
+/// One read-like request and the blocks it locks.
+private struct BlockRead {
+    let request: Range<UInt64>
+    let buffer: UnsafeMutableRawBufferPointer?
+    /// The export's size as the block map sees it from this connection.
+    let size: UInt64
+    let locked: Range<UInt64>
 }

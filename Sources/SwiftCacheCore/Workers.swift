@@ -33,6 +33,29 @@ func concurrently(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int) 
     for thread in started { pthread_join(thread, nil) }
 }
 
+/// Runs `background` on a thread of its own (when `threads` > 1 and one can
+/// be started; else first, on this thread) while this thread runs
+/// `foreground`, and returns when both are done.
+func alongside(threads: Int, _ background: @escaping @Sendable () -> Void, _ foreground: () -> Void) {
+    var thread = pthread_t()
+    let context = Unmanaged.passRetained(Box(background)).toOpaque()
+    let started = threads > 1 && pthread_create(&thread, nil, { context in
+        Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+        return nil
+    }, context) == 0
+    if !started {
+        Unmanaged<Box>.fromOpaque(context).release()
+        background()
+    }
+    foreground()
+    if started { pthread_join(thread, nil) }
+}
+
+private final class Box: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
 private final class Job: Sendable {
     let count: Int
     let body: @Sendable (Int) -> Void

@@ -75,10 +75,11 @@ enum Callbacks {
         let canZero = next.pointee.can_zero(next)
         let canFUA = next.pointee.can_fua(next)
         guard canWrite >= 0, canFlush >= 0, canZero >= 0, canFUA >= 0 else { return -1 }
+        capabilities.size = UInt64(size)
         capabilities.canWrite = canWrite == 1
         capabilities.canFlush = canFlush == 1
         capabilities.canZero = canZero != NBDKIT_ZERO_NONE
-        capabilities.fuaMode = canFUA == NBDKIT_FUA_NATIVE ? .native : canFUA == NBDKIT_FUA_EMULATE ? .emulate : .none
+        capabilities.fuaMode = FUAMode(canFUA)
         var minimum: UInt32 = 0, preferred: UInt32 = 0, maximum: UInt32 = 0
         guard next.pointee.block_size(next, &minimum, &preferred, &maximum) != -1 else { return -1 }
         capabilities.maximumRequest = maximum
@@ -94,31 +95,35 @@ enum Callbacks {
     ) -> Int32 = { next, handle, minimum, preferred, maximum in
         guard let next, let minimum, let preferred, let maximum,
               next.pointee.block_size(next, minimum, preferred, maximum) != -1 else { return -1 }
-        let cacheBlock = UInt32(clamping: Connection.from(handle).engine.blockSize)
-        if minimum.pointee == 0 {
-            // The plugin sets no constraints: suggest whole cache blocks.
-            minimum.pointee = 1
-            preferred.pointee = cacheBlock
-            maximum.pointee = 0xffff_ffff
-        } else if maximum.pointee >= cacheBlock {
-            preferred.pointee = max(preferred.pointee, cacheBlock)
-        }
+        let sizes = Capabilities.blockSize(
+            plugin: BlockSizes(minimum: minimum.pointee, preferred: preferred.pointee, maximum: maximum.pointee),
+            cacheBlock: Connection.from(handle).engine.blockSize)
+        minimum.pointee = sizes.minimum
+        preferred.pointee = sizes.preferred
+        maximum.pointee = sizes.maximum
         return 0
     }
 
     static let canFlush: @convention(c) (Next, Handle) -> Int32 = { next, handle in
-        Connection.from(handle).engine.config.mode == .unsafe ? 1 : next!.pointee.can_flush(next)
+        let plugin = next!.pointee.can_flush(next)
+        guard plugin >= 0 else { return -1 }
+        return Capabilities.canFlush(mode: Connection.from(handle).engine.config.mode, plugin: plugin == 1) ? 1 : 0
     }
 
     static let canFUA: @convention(c) (Next, Handle) -> Int32 = { next, handle in
-        Connection.from(handle).engine.config.mode == .unsafe ? NBDKIT_FUA_NATIVE : next!.pointee.can_fua(next)
+        let plugin = next!.pointee.can_fua(next)
+        guard plugin >= 0 else { return -1 }
+        switch Capabilities.fua(mode: Connection.from(handle).engine.config.mode, plugin: FUAMode(plugin)) {
+        case .none: return NBDKIT_FUA_NONE
+        case .emulate: return NBDKIT_FUA_EMULATE
+        case .native: return NBDKIT_FUA_NATIVE
+        }
     }
 
-    /// One cache serves every connection and a flush writes back every dirty
-    /// block whoever wrote it, so multi-conn holds unless writes go straight
-    /// to the plugin (writethrough), where only the plugin can promise it.
     static let canMultiConn: @convention(c) (Next, Handle) -> Int32 = { next, handle in
-        Connection.from(handle).engine.config.mode == .writethrough ? next!.pointee.can_multi_conn(next) : 1
+        let plugin = next!.pointee.can_multi_conn(next)
+        guard plugin >= 0 else { return -1 }
+        return Capabilities.canMultiConn(mode: Connection.from(handle).engine.config.mode, plugin: plugin == 1) ? 1 : 0
     }
 
     /// Zeroes are handled by the cache, whatever the plugin does.
@@ -173,7 +178,8 @@ enum Callbacks {
         return serve(err) { () throws(CacheError) in
             do throws(CacheError) {
                 try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
-                                           fastZero: fastZero, backend: connection.backend(next))
+                                           mayTrim: flags & UInt32(NBDKIT_FLAG_MAY_TRIM) != 0, fastZero: fastZero,
+                                           backend: connection.backend(next))
             } catch {
                 // nbdkit only allows ENOTSUP from .zero for FAST_ZERO.
                 let unsupported = error.errno == .notSupported || error.errno == .notSupportedOnSocket
@@ -220,5 +226,12 @@ enum Callbacks {
             try connection.engine.cache(count: UInt64(count), at: offset, backend: connection.backend(next))
         }
         return err == nil ? 0 : result
+    }
+}
+
+extension FUAMode {
+    /// nbdkit's NBDKIT_FUA_* answer.
+    init(_ answer: Int32) {
+        self = answer == NBDKIT_FUA_NATIVE ? .native : answer == NBDKIT_FUA_EMULATE ? .emulate : .none
     }
 }

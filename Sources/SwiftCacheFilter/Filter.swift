@@ -32,7 +32,7 @@ final class SwiftCacheFilter: Sendable {
         let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
         do {
             let file = try CacheFile(directory: directory)
-            let created = Engine(config: settings, file: file, debug: Log.verbose,
+            let created = try Engine(config: settings, file: file, debug: Log.verbose,
                                  writeBackThreads: parallel ? Self.writeBackThreads : 1)
             Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), cache file in \(directory)")
             engine.withLock { $0 = created }

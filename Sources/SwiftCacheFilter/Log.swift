@@ -13,5 +13,6 @@ enum Log {
     }
 
     /// Per-block messages, on with `-D swiftcache.verbose=1`.
-    static let verbose = DebugLog(isOn: { swiftcache_verbose() != 0 }, emit: { debug("swiftcache: \($0)") })
+    static let verbose = DebugLog(isOn: { swiftcache_verbose() != 0 }, emit: { debug("swiftcache: \($0)") },
+                                  warning: { error("swiftcache: \($0)") })
 }

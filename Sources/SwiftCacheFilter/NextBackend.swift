@@ -5,6 +5,8 @@ import SystemPackage
 /// What the plugin can do, read once per connection in `.prepare` (nbdkit
 /// caches these; reading them early means requests never fail on them).
 struct PluginCapabilities {
+    /// The export's size as this connection sees it.
+    var size: UInt64 = 0
     var canWrite = false
     var canFlush = false
     var canZero = false
@@ -22,6 +24,7 @@ struct NextBackend: Backend, @unchecked Sendable {
     let next: UnsafeMutablePointer<nbdkit_next_ops>
     let capabilities: PluginCapabilities
 
+    var size: UInt64 { capabilities.size }
     var canWrite: Bool { capabilities.canWrite }
     var canFlush: Bool { capabilities.canFlush }
     var canZero: Bool { capabilities.canZero }
@@ -46,8 +49,9 @@ struct NextBackend: Backend, @unchecked Sendable {
         try call { next.pointee.pwrite(next, buffer.baseAddress, UInt32(buffer.count), offset, flags(fua: fua), $0) }
     }
 
-    func zero(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
-        try call { next.pointee.zero(next, UInt32(count), offset, flags(fua: fua) | UInt32(NBDKIT_FLAG_MAY_TRIM), $0) }
+    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
+        let trim = mayTrim ? UInt32(NBDKIT_FLAG_MAY_TRIM) : 0
+        try call { next.pointee.zero(next, UInt32(count), offset, flags(fua: fua) | trim, $0) }
     }
 
     func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {

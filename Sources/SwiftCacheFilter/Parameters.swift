@@ -63,13 +63,15 @@ enum Parameters {
         return .handled
     }
 
-    /// Checks that need every parameter.
+    /// Checks that need every parameter (the core's own, see `CacheConfig.validate`).
     static func check(_ config: CacheConfig) -> Bool {
-        if config.maxSize != nil && config.lowThreshold >= config.highThreshold {
-            Log.error("swiftcache: cache-low-threshold (\(config.lowThreshold)) must be less than cache-high-threshold (\(config.highThreshold)) when cache-max-size is set")
+        do {
+            try config.validate()
+            return true
+        } catch {
+            Log.error("swiftcache: \(error.context)")
             return false
         }
-        return true
     }
 
     private static func fail(_ message: String) -> Outcome {

@@ -60,7 +60,7 @@ final class ConcurrencyTests: EngineTestCase {
                             fail("op \(op): FUA write at \(a)+\(z - a) is not in the backend")
                         }
                     case 50..<58:
-                        try e.zero(count: UInt64(z - a), at: UInt64(a), fua: false, fastZero: false, backend: b)
+                        try e.zero(count: UInt64(z - a), at: UInt64(a), fua: false, mayTrim: true, fastZero: false, backend: b)
                         model.replaceSubrange(a..<z, with: repeatElement(0, count: z - a))
                     case 58..<62:
                         try e.flush(backend: b)
@@ -304,7 +304,7 @@ final class FlushRaceTests: EngineTestCase {
                 usleep(200_000)
             } else if req.offset == 5 * B && !req.fua && armed.withLock({ let was = $0; $0 = false; return was }) {
                 // The flush writes block 5 back. Is block 5 held? Another request writes it now.
-                let held = e.state.withLock { $0.locks.isLocked(5) }
+                let held = e.isLocked(5)
                 seen.withLock { $0.append("write-back of block 5 with block 5 \(held ? "held" : "NOT held")") }
                 Thread {
                     do { try e.writeBytes(new5, at: 5 * B, b) } catch { seen.withLock { $0.append("writer: \(error)") } }
@@ -351,7 +351,7 @@ final class FlushRaceTests: EngineTestCase {
                 try? e.writeBytes(block3, at: 3 * B, b)
             } else if !req.fua {
                 let blocks = (req.offset / B)..<((req.offset + req.length + B - 1) / B)
-                let free = e.state.withLock { s in blocks.filter { !s.locks.isLocked($0) } }
+                let free = blocks.filter { !e.isLocked($0) }
                 if !free.isEmpty { unheld.withLock { $0.append("write-back of blocks \(blocks): \(free) not held") } }
             }
         }

@@ -92,7 +92,7 @@ final class ExtentsTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         try e.cache(count: B, at: 3 * B, backend: b)                        // clean copy of a hole
         try e.writeBytes([1, 2, 3], at: B + 10, b)
-        try e.zero(count: B, at: 9 * B, fua: false, fastZero: false, backend: b) // dirty zeroes over data
+        try e.zero(count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false, backend: b) // dirty zeroes over data
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
             Extent(offset: 0, length: B, type: holeZero),
             Extent(offset: B, length: B, type: 0),

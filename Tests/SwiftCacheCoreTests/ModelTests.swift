@@ -53,7 +53,7 @@ final class ModelTests: EngineTestCase {
                     assertBytes(b.bytes(UInt64(offset), count), data, "\(at): write through / FUA reached the plugin")
                 }
             case 35..<45:
-                try e.zero(count: UInt64(count), at: UInt64(offset), fua: false, fastZero: false, backend: b)
+                try e.zero(count: UInt64(count), at: UInt64(offset), fua: false, mayTrim: true, fastZero: false, backend: b)
                 model.replaceSubrange(offset..<offset + count, with: repeatElement(0, count: count))
                 written(offset..<offset + count)
             case 45..<48:

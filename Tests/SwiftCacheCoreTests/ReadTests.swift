@@ -218,7 +218,7 @@ final class ReadTests: EngineTestCase {
         _ = try e.readBytes(0, 10, b)
         try e.writeBytes([1, 2, 3], at: B + 5, b)
         assertCacheError(.invalidArgument) { _ = try e.readBytes(MiB, 1, b) }
-        try e.setExportSize(2 * MiB)
+        try e.reopen(b, size: 2 * MiB)
         XCTAssertEqual(e.exportSize, 2 * MiB)
         XCTAssertEqual(e.states(0..<2), [.clean, .partial])
         XCTAssertEqual(e.held(1), [5..<8], "the partial block keeps its bytes")
@@ -253,7 +253,7 @@ final class ReadTests: EngineTestCase {
                 model.replaceSubrange(Int(15 * B) + 100..<Int(oldSize), with: data[100...])
             }
             XCTAssertEqual(e.state(ofBlock: 15), mode == "clean" ? .clean : mode == "dirty" ? .dirty : .partial, mode)
-            try e.setExportSize(2 * MiB)
+            try e.reopen(b, size: 2 * MiB)
             assertBytes(try e.readBytes(15 * B, B, b), Array(model[Int(15 * B)..<Int(16 * B)]),
                         "\(mode): old short block read after the growth")
             try e.flush(backend: b)
@@ -270,13 +270,13 @@ final class ReadTests: EngineTestCase {
         let e = try makeEngine(b, cacheOnRead: .always)
         assertBytes(try e.readBytes(0, 4 * B, b), Array(disk[..<Int(4 * B)]))
         XCTAssertEqual(e.states(0..<4), Array(repeating: .clean, count: 4))
-        XCTAssertEqual(e.file.allocatedBytes(), 0, "four blocks of zeroes")
+        XCTAssertEqual(e.allocatedBytes, 0, "four blocks of zeroes")
         XCTAssertEqual(e.cachedBytes, 4 * B, "a hole still counts against cache-max-size")
         assertBytes(try e.readBytes(4 * B, 2 * B, b), Array(disk[Int(4 * B)..<Int(6 * B)]))
-        XCTAssertGreaterThanOrEqual(e.file.allocatedBytes(), 2 * B, "data is written")
+        XCTAssertGreaterThanOrEqual(e.allocatedBytes, 2 * B, "data is written")
         // Unaligned, through the staging buffer: block 6 of zeroes, block 7 too.
         assertBytes(try e.readBytes(6 * B + 10, Int(B), b), Array(disk[Int(6 * B) + 10..<Int(7 * B) + 10]))
-        XCTAssertLessThan(e.file.allocatedBytes(), 3 * B, "blocks 6 and 7 are holes")
+        XCTAssertLessThan(e.allocatedBytes, 3 * B, "blocks 6 and 7 are holes")
         // All from the cache now.
         assertBytes(try e.readBytes(0, 8 * B, b), Array(disk[..<Int(8 * B)]))
         XCTAssertEqual(b.stats.reads, 3)
@@ -292,7 +292,7 @@ final class ReadTests: EngineTestCase {
         XCTAssertEqual(e.state(ofBlock: 15), .clean)
         let zeroes = [UInt8](repeating: 0, count: Int(B))
         b.poke(zeroes, at: 15 * B)
-        try e.setExportSize(2 * MiB)
+        try e.reopen(b, size: 2 * MiB)
         assertBytes(try e.readBytes(15 * B, B, b), zeroes, "after the growth")
         assertBytes(try e.readBytes(15 * B, B, b), zeroes, "from the cache")
         XCTAssertEqual(b.stats.reads, 2)

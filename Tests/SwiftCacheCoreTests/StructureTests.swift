@@ -169,15 +169,15 @@ final class BlockMapTests: XCTestCase {
         XCTAssertEqual(map.occupiedCount, 4)
         XCTAssertEqual(map.dirtyCount, 3)
 
-        // A shrink forgets partial blocks past the end.
+        // Growing keeps every block; new ones are not cached.
         map.hold(10..<20, in: 70, length: 65536)
         XCTAssertEqual(map.occupiedCount, 5)
-        map.resize(to: 50)
-        XCTAssertNil(map.held(70))
-        XCTAssertEqual(map.occupiedCount, 4)
-        XCTAssertEqual(map.dirtyCount, 3)
-        map.resize(to: 100)
-        XCTAssertEqual(map[70], .notCached)
+        map.grow(to: 200)
+        XCTAssertEqual(map.held(70), HeldRanges(10..<20))
+        XCTAssertEqual(map.occupiedCount, 5)
+        XCTAssertEqual(map[150], .notCached)
+        XCTAssertEqual(map.occupied(from: 71), nil)
+        XCTAssertEqual(map.occupied(from: 9), 70)
     }
 
     func testCanHoldKeepsTheLimits() {
@@ -204,16 +204,25 @@ final class BlockMapTests: XCTestCase {
         XCTAssertTrue(map.holdable([(limit, 0..<1)]) == [limit])
     }
 
-    func testShrinkKeepsCountsRight() {
+    func testGrowKeepsCountsRightAndNeverShrinks() {
         var map = BlockMap(blocks: 100)
         map.set(0..<10, to: .clean)
         map.set(90..<100, to: .dirty)
-        map.resize(to: 95)
-        XCTAssertEqual(map.cachedCount, 15)
-        XCTAssertEqual(map.dirtyCount, 5)
-        map.resize(to: 150)
-        XCTAssertEqual(map[97], .notCached)
-        XCTAssertEqual(map.nextDirtyRun(from: 0, limit: 1000), 90..<95)
+        map.grow(to: 95)
+        XCTAssertEqual(map.blockCount, 100, "the map never shrinks")
+        map.grow(to: 150)
+        XCTAssertEqual(map.cachedCount, 20)
+        XCTAssertEqual(map.dirtyCount, 10)
+        XCTAssertEqual(map[97], .dirty)
+        XCTAssertEqual(map[120], .notCached)
+        XCTAssertEqual(map.nextDirtyRun(from: 0, limit: 1000), 90..<100)
+    }
+}
+
+extension LRU {
+    /// The one least recently used block `isEvictable` accepts.
+    mutating func victim(_ blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> UInt64? {
+        victims(1, in: blocks, isEvictable: isEvictable).first
     }
 }
 

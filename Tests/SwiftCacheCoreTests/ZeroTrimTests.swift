@@ -15,10 +15,10 @@ final class ZeroTests: EngineTestCase {
 
             for fua in [false, true] {
                 assertCacheError(.notSupported) {
-                    try e.zero(count: 3 * B, at: 1000, fua: fua, fastZero: true, backend: b)
+                    try e.zero(count: 3 * B, at: 1000, fua: fua, mayTrim: true, fastZero: true, backend: b)
                 }
                 assertCacheError(.notSupported) {
-                    try e.zero(count: 2 * B, at: 5 * B, fua: fua, fastZero: true, backend: b)
+                    try e.zero(count: 2 * B, at: 5 * B, fua: fua, mayTrim: true, fastZero: true, backend: b)
                 }
             }
             XCTAssertEqual(e.states(0..<8), states, "\(mode)")
@@ -34,7 +34,7 @@ final class ZeroTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         var model = b.allBytes
         let original = model
-        try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
+        try e.zero(count: 200_000, at: 10_000, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
 
         // Bytes 10000..<210000: blocks 1 and 2 whole (dirty), blocks 0 and 3
@@ -64,7 +64,7 @@ final class ZeroTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 77)
         let e = try makeEngine(b, mode: .writeback)
         var model = b.allBytes
-        try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
+        try e.zero(count: 200_000, at: 10_000, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
         // Reading everything completes blocks 0 and 3 (one read each) and reads
         // the uncached rest; the zeroes come from the cache.
@@ -82,7 +82,7 @@ final class ZeroTests: EngineTestCase {
         var model = b.allBytes
         _ = try e.readBytes(0, 4 * B, b)
         let reads = b.stats.reads
-        try e.zero(count: 2 * B + 10, at: B - 5, fua: false, fastZero: false, backend: b)
+        try e.zero(count: 2 * B + 10, at: B - 5, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(Int(B) - 5..<Int(3 * B) + 5, with: repeatElement(0, count: Int(2 * B) + 10))
         XCTAssertEqual(b.stats.reads, reads, "cached blocks need no read-modify-write")
         XCTAssertEqual(e.states(0..<5), [.dirty, .dirty, .dirty, .dirty, .notCached])
@@ -95,7 +95,7 @@ final class ZeroTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 74, canZero: true)
         let e = try makeEngine(b, mode: .writethrough)
         var model = b.allBytes
-        try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
+        try e.zero(count: 200_000, at: 10_000, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
         XCTAssertEqual(b.stats.zeroLog, [Req(10_000, 200_000)])
         XCTAssertEqual(b.stats.writes, 0)
@@ -111,7 +111,7 @@ final class ZeroTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 75, canZero: false)
         let e = try makeEngine(b, mode: .writethrough)
         var model = b.allBytes
-        try e.zero(count: 200_000, at: 10_000, fua: false, fastZero: false, backend: b)
+        try e.zero(count: 200_000, at: 10_000, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
         XCTAssertEqual(b.stats.writeLog, [Req(10_000, 200_000)])
         XCTAssertEqual(b.stats.zeros, 0)
@@ -122,7 +122,7 @@ final class ZeroTests: EngineTestCase {
     func testZeroWithNativeFUAInWritebackGoesThrough() throws {
         let b = MemoryBackend(size: MiB, seed: 76, fuaMode: .native)
         let e = try makeEngine(b, mode: .writeback)
-        try e.zero(count: B, at: 2 * B, fua: true, fastZero: false, backend: b)
+        try e.zero(count: B, at: 2 * B, fua: true, mayTrim: true, fastZero: false, backend: b)
         XCTAssertEqual(b.stats.zeroLog, [Req(2 * B, B, fua: true)])
         XCTAssertEqual(e.state(ofBlock: 2), .clean)
         assertBytes(b.bytes(2 * B, B), Array(repeating: 0, count: Int(B)))

@@ -42,8 +42,9 @@ class EngineTestCase: XCTestCase {
         config.minBlockSize = minBlockSize
         configure(&config)
         let cacheFile = try CacheFile(directory: directory)
-        let engine = Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads)
-        try engine.setExportSize(size ?? backend.size)
+        let engine = try Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads)
+        if let size { backend.setSize(size) }
+        try engine.setExportSize(backend.size)
         // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
         XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file, line: line)
         return engine

@@ -31,6 +31,8 @@ struct BackendStats: Equatable {
     var reads = 0, readBytes: UInt64 = 0
     var writes = 0, writeBytes: UInt64 = 0
     var zeros = 0, zeroBytes: UInt64 = 0
+    /// Zero requests that allowed the plugin to punch a hole (MAY_TRIM).
+    var zeroesMayTrim = 0
     var trims = 0, trimBytes: UInt64 = 0
     var flushes = 0
     var extentsCalls = 0
@@ -64,7 +66,6 @@ struct Faults {
 /// write, FUA when it has none, zero when it cannot zero, flush when it cannot
 /// flush, requests over 64 MiB). Every test checks that there are none.
 final class MemoryBackend: Backend, Sendable {
-    let size: UInt64
     let canWrite: Bool
     let canFlush: Bool
     let canZero: Bool
@@ -74,6 +75,8 @@ final class MemoryBackend: Backend, Sendable {
 
     private struct State {
         var disk: [UInt8]
+        /// The export's size as this connection sees it (the disk may be larger).
+        var size: UInt64
         var stats = BackendStats()
         var faults = Faults()
         var violations: [String] = []
@@ -86,17 +89,16 @@ final class MemoryBackend: Backend, Sendable {
 
     // The core's pthread lock rather than Synchronization.Mutex, whose
     // futex the thread sanitizer cannot see.
-    private let state: ConditionLock<State>
+    private let state: Lock<State>
 
     init(bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
          fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1) {
-        size = UInt64(bytes.count)
         self.minimumRequest = minimumRequest
         self.canWrite = canWrite
         self.canFlush = canFlush
         self.canZero = canZero
         self.fuaMode = fuaMode
-        state = ConditionLock(State(disk: bytes))
+        state = Lock(State(disk: bytes, size: UInt64(bytes.count)))
     }
 
     /// A disk of `size` pseudo-random bytes.
@@ -109,6 +111,11 @@ final class MemoryBackend: Backend, Sendable {
     // MARK: Inspection and control
 
     var stats: BackendStats { state.withLock { $0.stats } }
+    /// The export's size as this connection sees it.
+    var size: UInt64 { state.withLock { $0.size } }
+    /// The plugin's export now has `size` bytes, as a new connection sees it
+    /// (the disk keeps its bytes; reads past its end are violations).
+    func setSize(_ size: UInt64) { state.withLock { $0.size = size } }
     var violations: [String] { state.withLock { $0.violations } }
     var allBytes: [UInt8] { state.withLock { $0.disk } }
 
@@ -158,8 +165,8 @@ final class MemoryBackend: Backend, Sendable {
     /// Records a violation if the request is malformed; returns whether it is
     /// usable. nbdkit limits reads and writes to 64 MiB, other requests to 32 bits.
     private func check(_ s: inout State, _ what: String, _ offset: UInt64, _ count: UInt64) -> Bool {
-        if count == 0 || offset > size || count > size - offset {
-            s.violations.append("\(what) of \(count) bytes at \(offset) outside the disk of \(size)")
+        if count == 0 || offset > s.size || count > s.size - offset {
+            s.violations.append("\(what) of \(count) bytes at \(offset) outside the export of \(s.size)")
             return false
         }
         let limit = what == "read" || what == "write" ? MemoryBackend.maxRequest : UInt64(UInt32.max)
@@ -218,7 +225,7 @@ final class MemoryBackend: Backend, Sendable {
         try state.withLock { (s: inout State) throws(Errno) in
             guard check(&s, "write", offset, UInt64(buffer.count)) else { throw Errno.invalidArgument }
             let end = offset + UInt64(buffer.count)
-            if offset % minimumRequest != 0 || (end % minimumRequest != 0 && end != size) {
+            if offset % minimumRequest != 0 || (end % minimumRequest != 0 && end != s.size) {
                 s.violations.append("write of \(buffer.count) bytes at \(offset) not aligned to the minimum \(minimumRequest)")
             }
             if !canWrite { s.violations.append("write at \(offset) but the plugin cannot write") }
@@ -238,7 +245,7 @@ final class MemoryBackend: Backend, Sendable {
         }
     }
 
-    func zero(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
+    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
         let hook = state.withLock { $0.onWrite }
         hook?(Req(offset, count, fua: fua))
         try state.withLock { (s: inout State) throws(Errno) in
@@ -253,6 +260,7 @@ final class MemoryBackend: Backend, Sendable {
             s.stats.zeros += 1
             s.stats.zeroBytes += count
             s.stats.zeroLog.append(Req(offset, count, fua: fua))
+            if mayTrim { s.stats.zeroesMayTrim += 1 }
         }
     }
 
@@ -322,8 +330,8 @@ final class MemoryBackend: Backend, Sendable {
 
 /// A value behind a lock, shareable between threads.
 final class Locked<Value>: @unchecked Sendable {
-    private let lock: ConditionLock<Value>
-    init(_ value: Value) { lock = ConditionLock(value) }
+    private let lock: Lock<Value>
+    init(_ value: Value) { lock = Lock(value) }
     func withLock<R>(_ body: (inout Value) -> R) -> R { lock.withLock(body) }
 }
 
@@ -406,12 +414,22 @@ extension Engine {
 
     /// The byte ranges a partial block holds (offsets within the block), nil
     /// for any other block.
-    func held(_ block: UInt64) -> [Range<UInt32>]? {
-        state.withLock { $0.blocks.held(block)?.ranges }
-    }
+    func held(_ block: UInt64) -> [Range<UInt32>]? { blocks.held(block)?.ranges }
 
     /// How many partial blocks the cache keeps.
-    var partialBlockCount: Int { state.withLock { $0.blocks.partials.count } }
+    var partialBlockCount: Int { blocks.partialBlockCount }
+
+    /// Whether a request holds `block` locked.
+    func isLocked(_ block: UInt64) -> Bool { blocks.state.withLock { $0.locks.isLocked(block) } }
+
+    /// The cache file's allocated bytes.
+    var allocatedBytes: UInt64 { blocks.storage.allocatedBytes() }
+
+    /// A new connection opens and sees the export at `size` bytes.
+    func reopen(_ b: MemoryBackend, size: UInt64) throws {
+        b.setSize(size)
+        try setExportSize(size)
+    }
 }
 
 /// Another nbdkit connection to the same plugin: the same disk, its own
@@ -421,11 +439,14 @@ extension Engine {
 struct Connection: Backend {
     let disk: MemoryBackend
     let canWrite: Bool
+    /// The export's size as this connection saw it when it opened.
+    let size: UInt64
     let violations = Locked<[String]>([])
 
-    init(_ disk: MemoryBackend, canWrite: Bool) {
+    init(_ disk: MemoryBackend, canWrite: Bool = true, size: UInt64? = nil) {
         self.disk = disk
         self.canWrite = canWrite
+        self.size = size ?? disk.size
     }
 
     var canFlush: Bool { disk.canFlush }
@@ -437,19 +458,29 @@ struct Connection: Backend {
         if !canWrite { violations.withLock { $0.append("\(what) at \(offset) through a read-only connection") } }
     }
 
+    private func checkRange(_ what: String, _ offset: UInt64, _ count: UInt64) {
+        if offset + count > size {
+            violations.withLock { $0.append("\(what) of \(count) bytes at \(offset) past this connection's end \(size)") }
+        }
+    }
+
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
+        checkRange("read", offset, UInt64(buffer.count))
         try disk.read(into: buffer, at: offset)
     }
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno) {
         checkWritable("write", offset)
+        checkRange("write", offset, UInt64(buffer.count))
         try disk.write(buffer, at: offset, fua: fua)
     }
-    func zero(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
+    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
         checkWritable("zero", offset)
-        try disk.zero(count: count, at: offset, fua: fua)
+        checkRange("zero", offset, count)
+        try disk.zero(count: count, at: offset, fua: fua, mayTrim: mayTrim)
     }
     func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
         checkWritable("trim", offset)
+        checkRange("trim", offset, count)
         try disk.trim(count: count, at: offset, fua: fua)
     }
     func flush() throws(Errno) { try disk.flush() }

@@ -1,0 +1,100 @@
+/// cache-max-size: room in the cache is reserved before blocks are stored,
+/// so the limit holds at every moment, whatever the number and size of the
+/// requests in flight. When there is not enough, the least recently used
+/// blocks are dropped until the cache is under the low threshold; dirty ones
+/// are written back first, coalesced into runs as a flush does, so the
+/// limit never costs data.
+extension BlockStore {
+    /// Room for the blocks of `blocks` that are not cached: the reservation's
+    /// `chunk` is the longest prefix of `blocks` it covers (all of it when
+    /// there is no limit; empty when even reclaim finds no room). Blocks of
+    /// the caller's own are never reclaimed.
+    func reserve(_ blocks: Range<UInt64>, backend: some Backend) -> Reservation {
+        reserve(blocks, reclaimable: 0..<0, backend: backend)
+    }
+
+    /// Like `reserve(_:backend:)`, but `owned`, blocks the caller holds and
+    /// has finished with, may be reclaimed too.
+    func reserve(_ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+                 backend: some Backend) -> Reservation {
+        reserve(blocks, reclaimable: owned, backend: backend)
+    }
+
+    private func reserve(_ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>,
+                         backend: some Backend) -> Reservation {
+        guard let limit else { return Reservation(blocks: 0, chunk: blocks, store: nil) }
+        let wanted = uncachedCount(in: blocks)
+        var attempt = 0
+        while true {
+            let step: ReserveStep = state.withLock { s in
+                let room = s.occupiedOrReserved < limit.high ? limit.high - s.occupiedOrReserved : 0
+                // After a reclaim (ours or another's), take what there is.
+                if room >= wanted || attempt == 2 {
+                    let granted = min(room, wanted)
+                    s.reserved += granted
+                    return .granted(granted)
+                }
+                if s.reclaiming { return .wait }
+                s.reclaiming = true
+                return .reclaim
+            }
+            switch step {
+            case .granted(let granted):
+                return Reservation(blocks: granted, chunk: prefix(of: blocks, uncachedAtMost: granted), store: self)
+            case .reclaim:
+                reclaim(limit, making: wanted, owned: owned, backend: backend)
+                state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
+                attempt = 2
+            case .wait:
+                state.withLock(waitingFor: .reclaimEnded, until: { !$0.reclaiming }) { _ in }
+                attempt += 1
+            }
+        }
+    }
+
+    /// Drops least recently used blocks until the cache (with what is
+    /// reserved) is at the low threshold once `wanted` more blocks are in it
+    /// (or empty, for a request larger than that): victims other requests hold are
+    /// skipped, never waited for; dirty ones this connection cannot write
+    /// back (read-only, or past its end) are skipped too. Ends early when a
+    /// round frees nothing or a write-back fails.
+    private func reclaim(_ limit: SizeLimit, making wanted: UInt64, owned: Range<UInt64>, backend: some Backend) {
+        let runLimit = max(1, backend.transferLimit >> geometry.shift)
+        let target = limit.low - min(wanted, limit.low)
+        while true {
+            let victims: [UInt64] = state.withLock { s in
+                guard s.occupiedOrReserved > target else { return [] }
+                let size = max(s.exportSize, backend.size), canWrite = backend.canWrite
+                let chosen: [UInt64] = {
+                    let locks = s.locks, dirty = s.map.dirty, map = s.map
+                    return s.lru.victims(s.occupiedOrReserved - target, in: map) { block in
+                        (owned.contains(block) || !locks.isLocked(block)) && (!dirty[block] || canWrite
+                            && geometry.bytes(of: block..<block + 1, size: size).upperBound <= backend.size)
+                    }
+                }()
+                for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
+                return chosen
+            }
+            guard !victims.isEmpty else { return }
+            let runs = runs(of: victims, limit: runLimit)
+            let dirtyRuns = state.withLock { s in runs.filter { run in run.contains { s.map.dirty[$0] } } }
+            let failure = writeBack(dirtyRuns, backend: backend, lockingEach: false)
+            if let failure { debug("reclaim: keeping dirty blocks: \(failure)") }
+            // Write-back dropped partial blocks already; failed ones stay dirty.
+            let clean = state.withLock { s in victims.filter { s.map[$0] == .clean } }
+            debug.blocks("reclaim:", clean)
+            dropUnchecked(clean)
+            state.withLock(signalling: .blocksReleased) { s in
+                for block in victims where !owned.contains(block) { s.locks.release(block..<block + 1, exclusive: true) }
+            }
+            if failure != nil { return }
+        }
+    }
+}
+
+/// What a request looking for room does next.
+private enum ReserveStep {
+    case granted(UInt64)
+    case reclaim
+    case wait
+}

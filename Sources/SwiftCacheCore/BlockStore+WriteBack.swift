@@ -1,0 +1,151 @@
+import SystemPackage
+
+/// Write-back, for flush and reclaim alike: one plugin request per run of
+/// dirty blocks (up to the transfer limit), up to `writeBackThreads` runs at
+/// once. It never needs room in the cache file: a partial block is sent as
+/// the one range it holds, or assembled in memory with the plugin's bytes,
+/// and then leaves the cache. It never sends a byte past the end of the
+/// connection it writes through: blocks beyond it stay dirty until a
+/// connection that sees them writes them back.
+extension BlockStore {
+    /// Writes back every block dirty when it starts; returns the first error
+    /// (a block that failed stays dirty).
+    func writeBackAll(backend: some Backend) -> CacheError? {
+        // nbdkit forbids writing to the plugin through a read-only context.
+        guard backend.canWrite else {
+            return dirtyBlockCount == 0 ? nil
+                : CacheError(.readOnlyFileSystem, "cannot write back dirty blocks through a read-only connection")
+        }
+        let runLimit = max(1, backend.transferLimit >> geometry.shift)
+        var cursor: UInt64 = 0
+        var firstError: CacheError?
+        while true {
+            // Runs in batches, so memory stays small however scattered the dirty blocks.
+            let batch: [Range<UInt64>] = state.withLock { s in
+                var runs: [Range<UInt64>] = []
+                while runs.count < 1024, let run = s.map.nextDirtyRun(from: cursor, limit: runLimit) {
+                    runs.append(run)
+                    cursor = run.upperBound
+                }
+                return runs
+            }
+            guard !batch.isEmpty else { return firstError }
+            let error = writeBack(batch, backend: backend, lockingEach: true)
+            firstError = firstError ?? error
+        }
+    }
+
+    /// Writes back `runs`, locking each first unless this layer already
+    /// holds them (reclaim); returns the first error.
+    func writeBack(_ runs: [Range<UInt64>], backend: some Backend, lockingEach: Bool) -> CacheError? {
+        let firstError = Lock<CacheError?>(nil)
+        concurrently(runs.count, threads: writeBackThreads) { i in
+            let error: CacheError?
+            if lockingEach {
+                let held = self.lock(runs[i])
+                error = self.writeBackHeld(held.blocks, backend: backend)
+            } else {
+                error = self.writeBackHeld(runs[i], backend: backend)
+            }
+            if let error { firstError.withLock { $0 = $0 ?? error } }
+        }
+        return firstError.withLock { $0 }
+    }
+
+    /// Writes back the dirty and partial blocks of `blocks` (held exclusively).
+    /// A partial block holding one range that keeps to the plugin's minimum
+    /// block size is sent as that range alone and leaves the cache; any other
+    /// is assembled in memory and joins its run, and is kept whole (dirty,
+    /// then clean) if the cache file takes its missing bytes, else leaves
+    /// the cache once written.
+    private func writeBackHeld(_ blocks: Range<UInt64>, backend: some Backend) -> CacheError? {
+        var firstError: CacheError?
+        let size = size(seenBy: backend.size)
+        let (runs, partials) = state.withLock { s in
+            (s.map.dirtyRuns(in: blocks),
+             Dictionary(uniqueKeysWithValues: blocks.compactMap { block in s.map.held(block).map { (block, $0) } }))
+        }
+        func note(_ error: CacheError?) { firstError = firstError ?? error }
+        for run in runs {
+            var start = run.lowerBound
+            for block in run {
+                guard let held = partials[block], let span = alone(block, held, size: size, backend: backend) else {
+                    continue
+                }
+                note(writeBackRun(start..<block, partials: partials, size: size, backend: backend))
+                do throws(CacheError) {
+                    try copyToPlugin(span, backend: backend)
+                    debug.blocks("written back:", [block])
+                    dropUnchecked([block])
+                } catch {
+                    note(error)
+                }
+                start = block + 1
+            }
+            note(writeBackRun(start..<run.upperBound, partials: partials, size: size, backend: backend))
+        }
+        return firstError
+    }
+
+    /// The bytes a partial block holds, if they can go to the plugin alone:
+    /// one range, inside this connection, aligned to the plugin's minimum.
+    private func alone(_ block: UInt64, _ held: HeldRanges, size: UInt64, backend: some Backend) -> Range<UInt64>? {
+        guard held.ranges.count == 1 else { return nil }
+        let start = geometry.start(of: block), minimum = backend.minimumRequest, range = held.ranges[0]
+        // Clamped: the export may have shrunk since.
+        let span = (start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)).clamped(to: 0..<size)
+        guard span.upperBound <= backend.size, span.lowerBound % minimum == 0,
+              span.upperBound % minimum == 0 || span.upperBound == backend.size else { return nil }
+        return span
+    }
+
+    /// Sends a run of dirty and partial blocks as one plugin request (in
+    /// pieces the plugin accepts), as far as this connection reaches.
+    private func writeBackRun(_ run: Range<UInt64>, partials: [UInt64: HeldRanges], size: UInt64,
+                              backend: some Backend) -> CacheError? {
+        let end = run.first { !reaches($0, connectionSize: backend.size) } ?? run.upperBound
+        let reached = run.lowerBound..<end
+        guard !reached.isEmpty else { return nil }
+        let span = geometry.bytes(of: reached, size: size)
+        var unkept: [UInt64] = []
+        do throws(CacheError) {
+            let staging = try Buffer.allocate(span.count)
+            try storage.read(into: staging.bytes, at: span.lowerBound)
+            for block in reached where partials[block] != nil {
+                let blockSpan = geometry.bytes(of: block..<block + 1, size: size)
+                let from = Int(blockSpan.lowerBound - span.lowerBound)
+                let target = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[from..<from + blockSpan.count])
+                try assembleHeld(block, into: target, size: size, backend: backend)
+                do throws(CacheError) {
+                    _ = try writeGaps(UnsafeRawBufferPointer(target), of: block)
+                    state.withLock { $0.map[block] = .dirty }
+                } catch {
+                    debug("write back: block \(block) not kept whole: \(error)")
+                    unkept.append(block)
+                }
+            }
+            try send(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound, backend: backend)
+        } catch {
+            return error
+        }
+        debug.blocks("written back:", reached)
+        state.withLock { s in
+            for block in reached where s.map[block] == .dirty { s.map[block] = .clean }
+        }
+        dropUnchecked(unkept)
+        return nil
+    }
+
+    /// Copies bytes `span` from the cache file to the plugin.
+    private func copyToPlugin(_ span: Range<UInt64>, backend: some Backend) throws(CacheError) {
+        let staging = try Buffer.allocate(span.count)
+        try storage.read(into: staging.bytes, at: span.lowerBound)
+        try send(UnsafeRawBufferPointer(staging.bytes), at: span.lowerBound, backend: backend)
+    }
+
+    private func send(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, backend: some Backend) throws(CacheError) {
+        do { try backend.writeAll(bytes, at: offset, fua: false) } catch {
+            throw CacheError(error, "plugin write of \(bytes.count) bytes at \(offset) (write back)")
+        }
+    }
+}

@@ -1,0 +1,462 @@
+import SystemPackage
+
+/// The block layer: the one owner of the block map, the LRU, the block
+/// locks, the cache file, the block geometry and the cache-size accounting.
+/// Every change of a block's state happens in this type (and its extensions
+/// for write-back and reclaim); the request paths above it only call down.
+///
+/// Its lock (`state`) is held only to read or change that state, never
+/// across plugin or cache-file I/O. Requests lock the blocks they touch
+/// instead, and every method that changes blocks takes the token that
+/// locking them exclusively returns (`HeldBlocks<Exclusive>`), so the
+/// compiler checks that the caller holds them.
+final class BlockStore: @unchecked Sendable {
+    let geometry: BlockGeometry
+    let storage: any CacheStorage
+    /// cache-max-size's thresholds, in blocks (nil: no limit).
+    let limit: SizeLimit?
+    let debug: DebugLog
+    /// How many write-back requests may be in flight at once.
+    let writeBackThreads: Int
+    let state: ConditionLock<State, BlockEvent>
+
+    struct State {
+        /// The size the last connection to open saw.
+        var exportSize: UInt64 = 0
+        var map = BlockMap(blocks: 0)
+        var lru: LRU
+        var locks = RangeLocks()
+        /// Blocks set aside by requests about to store new blocks.
+        var reserved: UInt64 = 0
+        /// One thread reclaims at a time.
+        var reclaiming = false
+
+        var occupiedOrReserved: UInt64 { map.occupiedCount + reserved }
+    }
+
+    /// cache-max-size in blocks: reclaim starts above `high` and stops at `low`.
+    struct SizeLimit {
+        let high: UInt64
+        let low: UInt64
+    }
+
+    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int) {
+        geometry = BlockGeometry(blockSize: max(config.minBlockSize, storage.fileSystemBlockSize))
+        self.storage = storage
+        self.debug = debug
+        self.writeBackThreads = max(1, writeBackThreads)
+        let shift = geometry.shift
+        limit = config.maxSize.map { maxSize in
+            let high = max(1, percent(config.highThreshold, of: maxSize) >> shift)
+            return SizeLimit(high: high, low: min(percent(config.lowThreshold, of: maxSize) >> shift, high - 1))
+        }
+        // A generation is half of what the cache may hold: "recent" then means
+        // roughly the newer half of the cache.
+        let capacity = config.maxSize.map { $0 >> shift } ?? 0
+        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2)))
+    }
+
+    // MARK: Locking blocks
+
+    /// Locks `blocks` exclusively, waiting until no one else holds any of them.
+    func lock(_ blocks: Range<UInt64>) -> HeldBlocks<Exclusive> {
+        state.withLock(waitingFor: .blocksReleased, until: { $0.locks.canAcquire(blocks, exclusive: true) }) {
+            $0.locks.acquire(blocks, exclusive: true)
+        }
+        return HeldBlocks(blocks: blocks, store: self)
+    }
+
+    /// Locks `blocks` for a read: exclusively when `exclusive` says so of the
+    /// block map at the moment they are free, else shared.
+    func lockForRead(_ blocks: Range<UInt64>, exclusiveIf exclusive: (BlockMap) -> Bool) -> ReadLock {
+        var wantExclusive = false
+        state.withLock(waitingFor: .blocksReleased, until: { s in
+            wantExclusive = exclusive(s.map)
+            return s.locks.canAcquire(blocks, exclusive: wantExclusive)
+        }) { s in
+            s.locks.acquire(blocks, exclusive: wantExclusive)
+        }
+        return wantExclusive ? .exclusive(HeldBlocks(blocks: blocks, store: self))
+            : .shared(HeldBlocks(blocks: blocks, store: self))
+    }
+
+    /// Only `HeldBlocks` calls this, when it goes.
+    fileprivate func unlock(_ blocks: Range<UInt64>, exclusive: Bool) {
+        state.withLock(signalling: .blocksReleased) { $0.locks.release(blocks, exclusive: exclusive) }
+    }
+
+    // MARK: Reading the state
+
+    var exportSize: UInt64 { state.withLock { $0.exportSize } }
+
+    /// The export's size as the block map sees it from a connection of
+    /// `connectionSize` bytes: one opened before the export grew sees less,
+    /// one opened before it shrank sees more.
+    func size(seenBy connectionSize: UInt64) -> UInt64 { max(exportSize, connectionSize) }
+
+    func state(of block: UInt64) -> BlockState { state.withLock { $0.map[block] } }
+
+    func states(_ blocks: Range<UInt64>) -> [BlockState] { state.withLock { s in blocks.map { s.map[$0] } } }
+
+    func held(_ block: UInt64) -> HeldRanges? { state.withLock { $0.map.held(block) } }
+
+    var occupiedBlocks: UInt64 { state.withLock { $0.map.occupiedCount } }
+    var dirtyBlockCount: UInt64 { state.withLock { $0.map.dirtyCount } }
+    var partialBlockCount: Int { state.withLock { $0.map.partials.count } }
+
+    func dirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] { state.withLock { $0.map.dirtyRuns(in: blocks) } }
+
+    func firstPartial(in blocks: Range<UInt64>) -> UInt64? { state.withLock { $0.map.firstPartial(in: blocks) } }
+
+    /// Whether block `from` is cached whole, and where the run of blocks
+    /// like it ends (before `end`). A cached run counts as used (LRU).
+    func run(from: UInt64, to end: UInt64) -> (isCached: Bool, end: UInt64) {
+        state.withLock { s in
+            guard s.map.cached[from] else {
+                return (false, s.map.cached.firstSet(from: from, to: end) ?? end)
+            }
+            let runEnd = s.map.cached.firstClear(from: from, to: end)
+            if limit != nil { s.lru.touch(from..<runEnd) }
+            return (true, runEnd)
+        }
+    }
+
+    /// How many of `blocks` are not cached at all (storing them needs room).
+    func uncachedCount(in blocks: Range<UInt64>) -> UInt64 {
+        state.withLock { s in blocks.reduce(0) { $0 + (s.map[$1] == .notCached ? 1 : 0) } }
+    }
+
+    /// The run of uncached blocks from `from` on (before `end`).
+    func uncachedRun(from: UInt64, to end: UInt64) -> Range<UInt64> {
+        state.withLock { s in from..<max(from, min(end, s.map.occupied(from: from) ?? end)) }
+    }
+
+    /// Which of these not-cached or partial blocks may also hold the given
+    /// range without passing the partial-block limits (see `BlockMap.holdable`).
+    func holdable(_ candidates: [(block: UInt64, range: Range<UInt32>)]) -> [UInt64] {
+        state.withLock { $0.map.holdable(candidates) }
+    }
+
+    /// The longest prefix of `blocks` holding at most `count` blocks that are not cached.
+    func prefix(of blocks: Range<UInt64>, uncachedAtMost count: UInt64) -> Range<UInt64> {
+        state.withLock { s in
+            var seen: UInt64 = 0
+            for block in blocks where s.map[block] == .notCached {
+                if seen == count { return blocks.lowerBound..<block }
+                seen += 1
+            }
+            return blocks
+        }
+    }
+
+    /// Whether a write through a connection of `connectionSize` bytes may
+    /// send block `block` whole to the plugin: never past that connection's end.
+    func reaches(_ block: UInt64, connectionSize: UInt64) -> Bool {
+        geometry.bytes(of: block..<block + 1, size: size(seenBy: connectionSize)).upperBound <= connectionSize
+    }
+
+    // MARK: The export's size
+
+    /// Sizes the cache for an export of `size` bytes, as a connection opening
+    /// now sees it. Growing keeps every block, except that a short last block
+    /// cached whole no longer is (the plugin's bytes past the old end must
+    /// not be hidden, or overwritten at write-back). Shrinking forgets the
+    /// blocks past the new end, so a later growth reads the plugin's new
+    /// bytes; a dirty one is lost with the end of the disk, and logged.
+    func resize(to size: UInt64) throws(CacheError) {
+        let old = exportSize
+        guard size != old else { return }
+        if size > old {
+            try grow(from: old, to: size)
+        } else {
+            shrink(from: old, to: size)
+        }
+    }
+
+    private func grow(from old: UInt64, to size: UInt64) throws(CacheError) {
+        let blocks = geometry.blockCount(of: size)
+        // Block states (and LRU) cost 2 (4) bits a block: refuse an export
+        // whose map would not fit in half of the machine's memory.
+        let mapBytes = blocks / 8 * (limit == nil ? 2 : 4)
+        let memory = physicalMemory()
+        guard memory == 0 || mapBytes <= memory / 2 else {
+            throw CacheError(.noMemory, "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
+                             + "with \(geometry.blockSize)-byte blocks (raise cache-min-block-size)")
+        }
+        let lastBlock = old >> geometry.shift
+        let hasShortLast = old % geometry.blockSize != 0
+        let shortLast = hasShortLast ? lock(lastBlock..<lastBlock + 1) : nil
+        try state.withLock { (s: inout State) throws(CacheError) in
+            if blocks > s.map.blockCount {
+                try storage.resize(to: blocks << geometry.shift)
+                s.map.grow(to: blocks)
+                if limit != nil { s.lru.grow(to: blocks) }
+            }
+            if hasShortLast, s.exportSize == old {
+                let start = geometry.start(of: lastBlock)
+                let length = UInt32(old - start), newLength = UInt32(min(size - start, geometry.blockSize))
+                switch s.map[lastBlock] {
+                case .clean: forget(lastBlock, in: &s)
+                case .dirty: s.map.hold(0..<length, in: lastBlock, length: newLength)
+                case .notCached, .partial: break
+                }
+            }
+            s.exportSize = max(s.exportSize, size)
+        }
+        _ = consume shortLast
+    }
+
+    private func shrink(from old: UInt64, to size: UInt64) {
+        let first = geometry.blockCount(of: size)
+        // Blocks an older connection is using stay (it may still use them);
+        // the rest are taken, punched and forgotten.
+        let taken: [Range<UInt64>] = state.withLock { s in
+            s.exportSize = size
+            var runs: [Range<UInt64>] = []
+            var from = first
+            while let block = s.map.occupied(from: from) {
+                if !s.locks.isLocked(block) {
+                    s.locks.acquire(block..<block + 1, exclusive: true)
+                    if let last = runs.last, last.upperBound == block {
+                        runs[runs.count - 1] = last.lowerBound..<block + 1
+                    } else {
+                        runs.append(block..<block + 1)
+                    }
+                }
+                from = block + 1
+            }
+            return runs
+        }
+        for run in taken {
+            let held = HeldBlocks<Exclusive>(blocks: run, store: self)
+            let dirty = state.withLock { s in run.filter { s.map.dirty[$0] }.count }
+            if dirty > 0 {
+                debug.warn("the export shrank from \(old) to \(size) bytes: \(dirty) dirty blocks in \(run) lay "
+                           + "past its new end and are dropped")
+            }
+            drop(Array(run), in: held)
+        }
+    }
+
+    // MARK: Changing blocks (the caller holds them)
+
+    /// Keeps `data`, read from the plugin, as clean blocks `chunk` (all-zero
+    /// data as a hole). The hole is punched, not assumed: an uncached block
+    /// may still hold old bytes.
+    func keepClean(_ data: UnsafeRawBufferPointer, as chunk: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+                   using reservation: inout Reservation) throws(CacheError) {
+        let offset = geometry.start(of: chunk.lowerBound)
+        if data.isAllZero {
+            debug("cache from the plugin: \(data.count) bytes of zeroes at \(offset) kept as a hole")
+            try storage.zero(at: offset, length: UInt64(data.count))
+        } else {
+            try storage.write(data, at: offset)
+        }
+        state.withLock { s in
+            reservation.use(chunk.reduce(0) { $0 + (s.map[$1] == .notCached ? 1 : 0) }, from: &s)
+            s.map.set(chunk, to: .clean)
+            if limit != nil { s.lru.touch(chunk) }
+        }
+    }
+
+    /// Stores bytes `range` of a write's payload at `span`, which covers
+    /// blocks `chunk`: they become dirty, except the blocks in `parts`,
+    /// which hold the given range of their first `length` bytes (partial).
+    /// If the cache file fails, clean copies it may have changed are dropped.
+    func keepWritten(_ payload: Payload, _ range: Range<UInt64>, at span: Range<UInt64>, as chunk: Range<UInt64>,
+                     parts: [UInt64: (part: Range<UInt32>, length: UInt32)], in held: borrowing HeldBlocks<Exclusive>,
+                     using reservation: inout Reservation) throws(CacheError) {
+        let before = states(chunk)
+        do {
+            try payload.store(range, in: storage, at: span.lowerBound)
+        } catch {
+            drop(chunk.filter { before[Int($0 - chunk.lowerBound)] == .clean }, in: held)
+            throw error
+        }
+        debug.blocks("write to the cache (dirty):", chunk)
+        state.withLock { s in
+            reservation.use(before.reduce(0) { $0 + ($1 == .notCached ? 1 : 0) }, from: &s)
+            for block in chunk {
+                if let part = parts[block] {
+                    s.map.hold(part.part, in: block, length: part.length)
+                } else {
+                    s.map[block] = .dirty
+                }
+            }
+            if limit != nil { s.lru.touch(chunk) }
+        }
+    }
+
+    /// Marks dirty blocks clean once the plugin holds what they hold.
+    func markClean(_ blocks: [UInt64], in held: borrowing HeldBlocks<Exclusive>) {
+        state.withLock { s in
+            for block in blocks where s.map[block] == .dirty { s.map[block] = .clean }
+        }
+    }
+
+    /// Forgets cached copies: their storage is freed, one hole per run of
+    /// blocks, and they read from the plugin again.
+    func drop(_ blocks: [UInt64], in held: borrowing HeldBlocks<Exclusive>) {
+        dropUnchecked(blocks)
+    }
+
+    /// `drop` for blocks this layer holds on its callers' behalf.
+    func dropUnchecked(_ blocks: [UInt64]) {
+        guard !blocks.isEmpty else { return }
+        for run in runs(of: blocks) {
+            let bytes = geometry.bytes(of: run, size: .max)
+            do { try storage.discard(at: bytes.lowerBound, length: UInt64(bytes.count)) } catch {
+                debug("drop blocks \(run): \(error)")
+            }
+        }
+        state.withLock { s in
+            for block in blocks { forget(block, in: &s) }
+        }
+    }
+
+    private func forget(_ block: UInt64, in s: inout State) {
+        s.map[block] = .notCached
+        if limit != nil { s.lru.forget(block) }
+    }
+
+    /// A block's bytes, assembled in memory into `target` (the block's
+    /// length): the plugin's, with the ranges a partial block holds read from
+    /// the cache file over them. Needs no room in the cache file (a full one
+    /// must never strand written bytes). Bytes past the end of the
+    /// connection's export are not read: zeroes.
+    func assemble(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64, backend: some Backend,
+                  in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+        try assembleHeld(block, into: target, size: size, backend: backend)
+    }
+
+    /// `assemble` for a block this layer holds on its caller's behalf.
+    func assembleHeld(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64,
+                      backend: some Backend) throws(CacheError) {
+        let start = geometry.start(of: block)
+        let readable = Int(min(UInt64(target.count), backend.size > start ? backend.size - start : 0))
+        debug.blocks("read from the plugin to complete:", [block])
+        try backend.readAll(into: UnsafeMutableRawBufferPointer(rebasing: target[..<readable]), at: start)
+        UnsafeMutableRawBufferPointer(rebasing: target[readable...]).initializeMemory(as: UInt8.self, repeating: 0)
+        for range in held(block)?.ranges ?? [] where Int(range.lowerBound) < target.count {
+            let upper = min(Int(range.upperBound), target.count)
+            try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: target[Int(range.lowerBound)..<upper]),
+                             at: start + UInt64(range.lowerBound))
+        }
+    }
+
+    /// Keeps a block assembled whole (`assemble`, through a connection that
+    /// reaches it): a partial block's gaps are written and it becomes dirty;
+    /// an uncached block is written and becomes clean (this needs room).
+    func keepAssembled(_ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
+                       using reservation: inout Reservation) throws(CacheError) {
+        let wasPartial = try writeGaps(bytes, of: block)
+        state.withLock { s in
+            if !wasPartial { reservation.use(1, from: &s) }
+            s.map[block] = wasPartial ? .dirty : .clean
+            if limit != nil { s.lru.touch(block..<block + 1) }
+        }
+    }
+
+    /// Writes the bytes of an assembled block that the cache lacks (all of
+    /// them if it is not partial); returns whether it was partial.
+    func writeGaps(_ bytes: UnsafeRawBufferPointer, of block: UInt64) throws(CacheError) -> Bool {
+        let start = geometry.start(of: block)
+        let ranges = held(block)
+        for gap in ranges?.gaps(UInt32(bytes.count)) ?? [0..<UInt32(bytes.count)] {
+            try storage.write(UnsafeRawBufferPointer(rebasing: bytes[Int(gap.lowerBound)..<Int(gap.upperBound)]),
+                              at: start + UInt64(gap.lowerBound))
+        }
+        return ranges != nil
+    }
+
+    /// Reads cached bytes (the caller holds their blocks, shared or not).
+    func readCached<Access>(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                            in held: borrowing HeldBlocks<Access>) throws(CacheError) {
+        try storage.read(into: buffer, at: offset)
+    }
+
+    /// Blocks in runs of adjacent blocks, sorted.
+    func runs(of blocks: [UInt64], limit: UInt64 = .max) -> [Range<UInt64>] {
+        var runs: [Range<UInt64>] = []
+        for block in blocks.sorted() {
+            if let last = runs.last, last.upperBound == block, UInt64(last.count) < limit {
+                runs[runs.count - 1] = last.lowerBound..<block + 1
+            } else {
+                runs.append(block..<block + 1)
+            }
+        }
+        return runs
+    }
+}
+
+/// What wakes a thread waiting on the block layer's lock.
+enum BlockEvent: CaseIterable {
+    /// Blocks were unlocked: a request waiting to lock them looks again.
+    case blocksReleased
+    /// A reclaim ended: a request waiting for room looks again.
+    case reclaimEnded
+}
+
+/// How blocks are held: shared (reading cached bytes) or exclusive (changing them).
+protocol BlockAccess { static var isExclusive: Bool { get } }
+enum Shared: BlockAccess { static let isExclusive = false }
+enum Exclusive: BlockAccess { static let isExclusive = true }
+
+/// Proof that the caller holds `blocks`; they are unlocked when it goes.
+/// Only the block layer makes one, by locking the blocks.
+struct HeldBlocks<Access: BlockAccess>: ~Copyable {
+    let blocks: Range<UInt64>
+    fileprivate let store: BlockStore
+
+    fileprivate init(blocks: Range<UInt64>, store: BlockStore) {
+        self.blocks = blocks
+        self.store = store
+    }
+
+    deinit { store.unlock(blocks, exclusive: Access.isExclusive) }
+}
+
+/// Blocks locked for a read: shared, or exclusive when the read must change them.
+enum ReadLock: ~Copyable {
+    case shared(HeldBlocks<Shared>)
+    case exclusive(HeldBlocks<Exclusive>)
+}
+
+/// Room in the cache for `blocks` more blocks, set aside by
+/// `BlockStore.reserve` so that concurrent requests cannot all count the
+/// same room: `chunk` is the part of the request it covers. Storing a new
+/// block uses one; what is left is given back when the reservation goes.
+struct Reservation: ~Copyable {
+    private(set) var blocks: UInt64
+    let chunk: Range<UInt64>
+    /// nil when there is no limit to account for.
+    private let store: BlockStore?
+
+    init(blocks: UInt64, chunk: Range<UInt64>, store: BlockStore?) {
+        self.blocks = blocks
+        self.chunk = chunk
+        self.store = store
+    }
+
+    /// Turns `count` reserved blocks into stored ones (under the state lock).
+    mutating func use(_ count: UInt64, from s: inout BlockStore.State) {
+        guard store != nil else { return }
+        let used = min(count, blocks)
+        blocks -= used
+        s.reserved -= used
+    }
+
+    deinit {
+        if let store, blocks > 0 {
+            let left = blocks
+            store.state.withLock { $0.reserved -= left }
+        }
+    }
+}
+
+/// `p`% of `size`, saturating (thresholds are any unsigned int).
+private func percent(_ p: UInt64, of size: UInt64) -> UInt64 {
+    let (whole, overflow) = (size / 100).multipliedReportingOverflow(by: p)
+    let (sum, overflow2) = whole.addingReportingOverflow(size % 100 * p / 100)
+    return overflow || overflow2 ? .max : sum
+}
