@@ -161,7 +161,8 @@ struct BlockMap {
     /// The next run of dirty or partial blocks at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
         guard dirtyCount > 0,
-              let start = dirty.firstSet(from: Swift.max(from, dirtyBlocks.lowerBound), to: dirtyBlocks.upperBound) else { return nil }
+              let start = dirty.firstSet(from: Swift.max(from, dirtyBlocks.lowerBound), to: dirtyBlocks.upperBound)
+        else { return nil }
         let end = dirty.firstClear(from: start, to: Swift.min(blockCount, start + limit))
         return start..<end
     }

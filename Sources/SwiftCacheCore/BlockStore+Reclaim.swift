@@ -85,7 +85,9 @@ extension BlockStore {
             debug.blocks("reclaim:", clean)
             dropUnchecked(clean)
             state.withLock(signalling: .blocksReleased) { s in
-                for block in victims where !owned.contains(block) { s.locks.release(block..<block + 1, exclusive: true) }
+                for block in victims where !owned.contains(block) {
+                    s.locks.release(block..<block + 1, exclusive: true)
+                }
             }
             if failure != nil { return }
         }

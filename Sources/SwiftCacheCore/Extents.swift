@@ -8,7 +8,8 @@ import SystemPackage
 /// A block dirty before or after the plugin call counts as dirty: a flush
 /// or reclaim may write it back while the plugin is answering.
 extension Engine {
-    public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool, backend: some Backend) throws(CacheError) -> [Extent] {
+    public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool,
+                        backend: some Backend) throws(CacheError) -> [Extent] {
         guard count > 0 else { return [] }
         try checkBounds(offset: offset, count: count, backend: backend)
         let covered = geometry.blocks(covering: offset, count: count)
@@ -47,7 +48,8 @@ extension Engine {
         }
         if result.first?.offset != offset {
             // The plugin must describe `offset`; if it did not, claim data (always safe).
-            result.insert(Extent(offset: offset, length: (result.first?.offset ?? offset + count) - offset, type: 0), at: 0)
+            let length = (result.first?.offset ?? offset + count) - offset
+            result.insert(Extent(offset: offset, length: length, type: 0), at: 0)
         }
         return result
     }

@@ -25,8 +25,11 @@ extension FileDescriptor {
     /// its descriptor and path.
     static func makeTemporary(in directory: String, prefix: String) throws(Errno) -> (FileDescriptor, String) {
         var template = Array("\(directory)/\(prefix)XXXXXX".utf8CString)
-        let fd = try retryingOnInterrupt { template.withUnsafeMutableBufferPointer { swiftcache_mkostemp_cloexec($0.baseAddress!) } }
-        return (FileDescriptor(rawValue: fd), String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        let fd = try retryingOnInterrupt {
+            template.withUnsafeMutableBufferPointer { swiftcache_mkostemp_cloexec($0.baseAddress!) }
+        }
+        let path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return (FileDescriptor(rawValue: fd), path)
     }
 
     /// Frees the storage of a byte range, which then reads as zeroes.
@@ -40,7 +43,8 @@ extension FileDescriptor {
     /// hole follows (ENXIO).
     func nextData(from offset: UInt64) throws(Errno) -> UInt64? {
         do {
-            return UInt64(clamping: try retryingOnInterrupt { swiftcache_seek_data(rawValue, Int64(truncatingIfNeeded: offset)) })
+            let data = try retryingOnInterrupt { swiftcache_seek_data(rawValue, Int64(truncatingIfNeeded: offset)) }
+            return UInt64(clamping: data)
         } catch .noSuchAddressOrDevice {
             return nil
         }

@@ -65,12 +65,14 @@ extension Engine {
                 : blocks.reserve(rest, reclaimable: range.lowerBound..<next, in: held, backend: backend)
             let chunk = reservation.chunk
             guard !chunk.isEmpty else {
-                let bypass = blocks.uncachedRun(from: next, to: min(range.upperBound,
-                                                                    next + max(1, backend.transferLimit >> geometry.shift)))
+                let runLimit = max(1, backend.transferLimit >> geometry.shift)
+                let bypass = blocks.uncachedRun(from: next, to: min(range.upperBound, next + runLimit))
                 if !through {
                     let span = write.bytes(of: bypass)
                     debug.blocks("no room in the cache, write to the plugin:", bypass)
-                    do { try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false) } catch {
+                    do {
+                        try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
+                    } catch {
                         throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound)")
                     }
                 }
@@ -128,7 +130,8 @@ extension Engine {
                 do throws(CacheError) {
                     let bytes = try Buffer.allocate(Int(write.length(of: edge)))
                     try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
-                    try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held, using: &reservation)
+                    try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held,
+                                             using: &reservation)
                     completed.append(edge)
                 } catch {
                     debug("write through: block \(edge) left out of the cache: \(error)")
@@ -156,7 +159,9 @@ extension Engine {
             }
         }, {
             guard !stored.isEmpty else { return }
-            do throws(CacheError) { try storeBack(bytes, write, stored, through: true, backend: backend, in: held) } catch {
+            do throws(CacheError) {
+                try storeBack(bytes, write, stored, through: true, backend: backend, in: held)
+            } catch {
                 cacheError = error
             }
         })

@@ -203,7 +203,9 @@ enum Callbacks {
         return serve(err) { () throws(CacheError) in try connection.engine.flush(backend: connection.backend(next)) }
     }
 
-    static let extents: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, OpaquePointer?, UnsafeMutablePointer<Int32>?) -> Int32 = {
+    static let extents: @convention(c) (
+        Next, Handle, UInt32, UInt64, UInt32, OpaquePointer?, UnsafeMutablePointer<Int32>?
+    ) -> Int32 = {
         next, handle, count, offset, flags, list, err in
         let connection = Connection.from(handle)
         return serve(err) { () throws(CacheError) in

@@ -34,7 +34,9 @@ final class SwiftCacheFilter: Sendable {
             let file = try CacheFile(directory: directory)
             let created = try Engine(config: settings, file: file, debug: Log.verbose,
                                  writeBackThreads: parallel ? Self.writeBackThreads : 1)
-            Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), cache file in \(directory)")
+            let threads = parallel ? Self.writeBackThreads : 1
+            Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), "
+                      + "cache file in \(directory), up to \(threads) write-back requests at once")
             engine.withLock { $0 = created }
             return true
         } catch {

@@ -66,7 +66,8 @@ struct NextBackend: Backend, @unchecked Sendable {
         let size = next.pointee.get_size(next)
         guard size >= 0, let list = nbdkit_extents_new(offset, UInt64(size)) else { throw .noMemory }
         defer { nbdkit_extents_free(list) }
-        try call { next.pointee.extents(next, UInt32(count), offset, onlyOne ? UInt32(NBDKIT_FLAG_REQ_ONE) : 0, list, $0) }
+        let flags = onlyOne ? UInt32(NBDKIT_FLAG_REQ_ONE) : 0
+        try call { next.pointee.extents(next, UInt32(count), offset, flags, list, $0) }
         return (0..<nbdkit_extents_count(list)).map { i in
             let e = nbdkit_get_extent(list, i)
             return Extent(offset: e.offset, length: e.length, type: e.type)

@@ -48,7 +48,11 @@ enum Parameters {
                 return fail("\(key)=\(value): not an unsigned integer")
             }
             guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
-            if key == "cache-high-threshold" { config.highThreshold = UInt64(percent) } else { config.lowThreshold = UInt64(percent) }
+            if key == "cache-high-threshold" {
+                config.highThreshold = UInt64(percent)
+            } else {
+                config.lowThreshold = UInt64(percent)
+            }
         case "cache-on-read":
             if value.hasPrefix("/") {
                 config.cacheOnRead = .whilePathExists(value)
