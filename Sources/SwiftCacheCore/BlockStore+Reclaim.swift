@@ -28,8 +28,9 @@ extension BlockStore {
         while true {
             let step: ReserveStep = state.withLock { s in
                 let room = s.occupiedOrReserved < limit.high ? limit.high - s.occupiedOrReserved : 0
-                // After a reclaim (ours or another's), take what there is.
-                if room >= wanted || attempt == 2 {
+                // Take what there is; reclaim only when there is none, and
+                // after a reclaim (ours or another's), take what it left.
+                if room > 0 || wanted == 0 || attempt == 2 {
                     let granted = min(room, wanted)
                     s.reserved += granted
                     return .granted(granted)
