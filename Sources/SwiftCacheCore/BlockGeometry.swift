@@ -24,4 +24,10 @@ struct BlockGeometry: Sendable {
         let start = blocks.lowerBound << shift
         return start..<max(start, min(blocks.upperBound << shift, size))
     }
+
+    /// The blocks a connection of `connectionSize` bytes reaches whole when
+    /// the block map sees the export at `size` (≥ `connectionSize`).
+    func reach(connectionSize: UInt64, size: UInt64) -> Range<UInt64> {
+        0..<(size == connectionSize ? blockCount(of: size) : connectionSize >> shift)
+    }
 }

@@ -65,12 +65,12 @@ extension BlockStore {
         while true {
             let victims: [UInt64] = state.withLock { s in
                 guard s.occupiedOrReserved > target else { return [] }
-                let size = max(s.exportSize, backend.size), canWrite = backend.canWrite
+                let canWrite = backend.canWrite
+                let reach = geometry.reach(connectionSize: backend.size, size: max(s.exportSize, backend.size))
                 let chosen: [UInt64] = {
                     let locks = s.locks, dirty = s.map.dirty, map = s.map
                     return s.lru.victims(s.occupiedOrReserved - target, in: map) { block in
-                        (owned.contains(block) || !locks.isLocked(block)) && (!dirty[block] || canWrite
-                            && geometry.bytes(of: block..<block + 1, size: size).upperBound <= backend.size)
+                        (owned.contains(block) || !locks.isLocked(block)) && (!dirty[block] || canWrite && reach.contains(block))
                     }
                 }()
                 for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }

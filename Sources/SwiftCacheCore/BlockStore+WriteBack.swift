@@ -103,8 +103,7 @@ extension BlockStore {
     /// pieces the plugin accepts), as far as this connection reaches.
     private func writeBackRun(_ run: Range<UInt64>, partials: [UInt64: HeldRanges], size: UInt64,
                               backend: some Backend) -> CacheError? {
-        let end = run.first { !reaches($0, connectionSize: backend.size) } ?? run.upperBound
-        let reached = run.lowerBound..<end
+        let reached = run.clamped(to: reach(connectionSize: backend.size))
         guard !reached.isEmpty else { return nil }
         let span = geometry.bytes(of: reached, size: size)
         var unkept: [UInt64] = []

@@ -149,10 +149,12 @@ final class BlockStore: @unchecked Sendable {
         }
     }
 
-    /// Whether a write through a connection of `connectionSize` bytes may
-    /// send block `block` whole to the plugin: never past that connection's end.
-    func reaches(_ block: UInt64, connectionSize: UInt64) -> Bool {
-        geometry.bytes(of: block..<block + 1, size: size(seenBy: connectionSize)).upperBound <= connectionSize
+    /// The blocks a connection of `connectionSize` bytes reaches whole
+    /// (they end at or before its end): it may read or write them whole.
+    /// One opened before the export grew does not reach a block it sees
+    /// only in part; the cache never asks the plugin for a byte past it.
+    func reach(connectionSize: UInt64) -> Range<UInt64> {
+        geometry.reach(connectionSize: connectionSize, size: size(seenBy: connectionSize))
     }
 
     // MARK: The export's size

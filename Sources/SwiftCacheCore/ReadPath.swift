@@ -84,7 +84,7 @@ extension Engine {
             }
             var noRoomNeeded = Reservation(blocks: 0, chunk: block..<block + 1, store: nil)
             do throws(CacheError) {
-                guard blocks.reaches(block, connectionSize: backend.size) else {
+                guard blocks.reach(connectionSize: backend.size).contains(block) else {
                     throw CacheError(.invalidArgument, "the block reaches past this connection's end")
                 }
                 try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: block, in: held, using: &noRoomNeeded)
@@ -107,7 +107,7 @@ extension Engine {
         // A block reaching past this connection's end (the export grew since
         // it opened) cannot be read whole through it.
         var run = run
-        if !blocks.reaches(last, connectionSize: backend.size) {
+        if !blocks.reach(connectionSize: backend.size).contains(last) {
             try readPlugin(last..<last + 1, read, backend: backend)
             run = run.dropLast()
         }

@@ -86,7 +86,7 @@ extension Engine {
             // Both edges are checked in one step, so that together they keep to the limits.
             let partial = blocks.holdable(edges.map { ($0, write.part(of: $0)) })
             for edge in edges where !partial.contains(edge) {
-                guard blocks.reaches(edge, connectionSize: backend.size) else {
+                guard blocks.reach(connectionSize: backend.size).contains(edge) else {
                     throw CacheError(.ioError, "block \(edge) reaches past the end of this connection's export "
                                      + "and holds too many written ranges to keep another")
                 }
@@ -124,7 +124,7 @@ extension Engine {
         // must still work).
         var completed: [UInt64] = []
         if config.mode == .writethrough {
-            for edge in unheldEdges where blocks.reaches(edge, connectionSize: backend.size) {
+            for edge in unheldEdges where blocks.reach(connectionSize: backend.size).contains(edge) {
                 var reservation = blocks.reserve(edge..<edge + 1, backend: backend)
                 guard !reservation.chunk.isEmpty else { continue }
                 do throws(CacheError) {
