@@ -61,14 +61,17 @@ extension BlockStore {
     private func writeBackHeld(_ blocks: Range<UInt64>, backend: some Backend) -> CacheError? {
         var firstError: CacheError?
         let size = size(seenBy: backend.size)
+        let reach = geometry.reach(connectionSize: backend.size, size: size)
         let (runs, partials) = state.withLock { s in
             (s.map.dirtyRuns(in: blocks),
              Dictionary(uniqueKeysWithValues: blocks.compactMap { block in s.map.held(block).map { (block, $0) } }))
         }
         func note(_ error: CacheError?) { firstError = firstError ?? error }
         for run in runs {
-            var start = run.lowerBound
-            for block in run {
+            // Blocks past this connection's end wait for a connection that sees them.
+            let reached = run.clamped(to: reach)
+            var start = reached.lowerBound
+            for block in reached {
                 guard let held = partials[block], let span = alone(block, held, size: size, backend: backend) else {
                     continue
                 }
@@ -82,9 +85,35 @@ extension BlockStore {
                 }
                 start = block + 1
             }
-            note(writeBackRun(start..<run.upperBound, partials: partials, size: size, backend: backend))
+            note(writeBackRun(start..<reached.upperBound, partials: partials, size: size, backend: backend))
+            let seenInPart = reach.upperBound
+            if run.contains(seenInPart) && geometry.start(of: seenInPart) < backend.size {
+                note(writeBackVisiblePart(seenInPart, holding: partials[seenInPart], size: size, backend: backend))
+            }
         }
         return firstError
+    }
+
+    /// The connection's own last block, which it sees only in part since the
+    /// export grew: what the block holds up to the connection's end goes to
+    /// the plugin now (so its flush keeps its promise), and the block stays
+    /// dirty for a connection that sees all of it.
+    private func writeBackVisiblePart(_ block: UInt64, holding held: HeldRanges?, size: UInt64,
+                                      backend: some Backend) -> CacheError? {
+        let start = geometry.start(of: block)
+        do throws(CacheError) {
+            let staging = try Buffer.allocate(Int(backend.size - start))
+            if held != nil {
+                try assembleHeld(block, into: staging.bytes, size: size, backend: backend)
+            } else {
+                try storage.read(into: staging.bytes, at: start)
+            }
+            try send(UnsafeRawBufferPointer(staging.bytes), at: start, backend: backend)
+            debug("written back: the first \(staging.bytes.count) bytes of block \(block), up to this connection's end")
+            return nil
+        } catch {
+            return error
+        }
     }
 
     /// The bytes a partial block holds, if they can go to the plugin alone:

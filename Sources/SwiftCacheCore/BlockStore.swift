@@ -210,33 +210,29 @@ final class BlockStore: @unchecked Sendable {
 
     private func shrink(from old: UInt64, to size: UInt64) {
         let first = geometry.blockCount(of: size)
-        // Blocks an older connection is using stay (it may still use them);
-        // the rest are taken, punched and forgotten.
-        let taken: [Range<UInt64>] = state.withLock { s in
+        // Blocks past the new end that hold data, or that requests of older
+        // connections are using (a fill in flight): each run is taken
+        // (waiting for those requests), punched and forgotten.
+        let past: [UInt64] = state.withLock { s in
             s.exportSize = size
-            var runs: [Range<UInt64>] = []
+            var blocks = Set(s.locks.lockedBlocks(from: first))
             var from = first
             while let block = s.map.occupied(from: from) {
-                if !s.locks.isLocked(block) {
-                    s.locks.acquire(block..<block + 1, exclusive: true)
-                    if let last = runs.last, last.upperBound == block {
-                        runs[runs.count - 1] = last.lowerBound..<block + 1
-                    } else {
-                        runs.append(block..<block + 1)
-                    }
-                }
+                blocks.insert(block)
                 from = block + 1
             }
-            return runs
+            return Array(blocks)
         }
-        for run in taken {
-            let held = HeldBlocks<Exclusive>(blocks: run, store: self)
-            let dirty = state.withLock { s in run.filter { s.map.dirty[$0] }.count }
+        for run in runs(of: past) {
+            let held = lock(run)
+            let (taken, dirty) = state.withLock { s in
+                (run.filter { s.map[$0] != .notCached }, run.filter { s.map.dirty[$0] }.count)
+            }
             if dirty > 0 {
                 debug.warn("the export shrank from \(old) to \(size) bytes: \(dirty) dirty blocks in \(run) lay "
                            + "past its new end and are dropped")
             }
-            drop(Array(run), in: held)
+            drop(taken, in: held)
         }
     }
 

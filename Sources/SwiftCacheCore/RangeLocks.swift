@@ -11,6 +11,9 @@ struct RangeLocks {
 
     func isLocked(_ block: UInt64) -> Bool { holders[block] != nil }
 
+    /// The held blocks at or after `first`.
+    func lockedBlocks(from first: UInt64) -> [UInt64] { holders.keys.filter { $0 >= first } }
+
     func canAcquire(_ blocks: Range<UInt64>, exclusive: Bool) -> Bool {
         for block in blocks {
             if let held = holders[block], exclusive || held < 0 { return false }

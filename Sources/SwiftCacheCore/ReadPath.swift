@@ -19,10 +19,12 @@ extension Engine {
                       keep: Bool, backend: some Backend) throws(CacheError) {
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
-        let read = BlockRead(request: offset..<offset + count, buffer: buffer,
-                             size: blocks.size(seenBy: backend.size),
-                             locked: geometry.blocks(covering: offset, count: count))
-        let locked = read.locked
+        let locked = geometry.blocks(covering: offset, count: count)
+        // Sized once the blocks are held: a growth changes a short last block only while holding it.
+        func sized() -> BlockRead {
+            BlockRead(request: offset..<offset + count, buffer: buffer, size: blocks.size(seenBy: backend.size),
+                      locked: locked)
+        }
         // Readers share blocks; filling a block from the plugin, or reading
         // a partial one, needs it alone.
         switch blocks.lockForRead(locked, exclusiveIf: { map in
@@ -30,8 +32,10 @@ extension Engine {
                 || (keep && map.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
         }) {
         case .shared(let held):
+            let read = sized()
             try copy(read, in: held) { run throws(CacheError) in try readPlugin(run, read, backend: backend) }
         case .exclusive(let held):
+            let read = sized()
             let served = try readPartials(read, backend: backend, in: held)
             try copy(read, in: held) { run throws(CacheError) in
                 // Partial blocks the cache could not complete were served already.

@@ -34,10 +34,11 @@ extension Engine {
         // a flush after the write (one flush instead of one per block).
         let flushAfter = requestedFUA && (config.mode == .unsafe || backend.fuaMode != .native)
         let fua = requestedFUA && !flushAfter
-        let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
-                               size: blocks.size(seenBy: backend.size))
         do {
-            let held = blocks.lock(write.locked)
+            let held = blocks.lock(geometry.blocks(covering: offset, count: count))
+            // Sized once the blocks are held: a growth changes a short last block only while holding it.
+            let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
+                                   size: blocks.size(seenBy: backend.size))
             if config.mode == .writethrough || fua {
                 try storeThrough(payload, write, fua: fua, backend: backend, in: held)
             } else {
@@ -188,11 +189,11 @@ extension Engine {
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
         let flushAfter = requestedFUA && (config.mode == .unsafe || backend.fuaMode != .native)
-        let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
-                               size: blocks.size(seenBy: backend.size))
         var failure: CacheError?
         do {
-            let held = blocks.lock(write.locked)
+            let held = blocks.lock(geometry.blocks(covering: offset, count: count))
+            let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
+                                   size: blocks.size(seenBy: backend.size))
             do {
                 try backend.trim(count: count, at: offset, fua: requestedFUA && !flushAfter)
             } catch {
