@@ -167,6 +167,16 @@ assert_alive() {
         { tail -n 30 "$tmp/$name.log" >&2; fail "nbdkit ($name) died"; }
 }
 
+# mount_tmpfs DIR SIZE: a tmpfs of SIZE at DIR (made here), unmounted at
+# exit; fails unless the test runs in its own mount namespace
+# (mount-namespace.sh), so that it never mounts over the host's tree.
+mount_tmpfs() {
+    [ -n "${SWIFTCACHE_IN_NS:-}" ] || return 1
+    mkdir -p "$1"
+    mount -t tmpfs -o size="$2" tmpfs "$1" || return 1
+    on_exit umount "$1"
+}
+
 # ---------------------------------------------------------------- stats
 # stats_ops STATSFILE OP   -> number of OP requests (read, write, flush,
 # zero, trim, cache, extents) counted by nbdkit-stats-filter; 0 if absent.

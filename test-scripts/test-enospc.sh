@@ -13,19 +13,11 @@
 # Needs root and mount(2) in a private mount namespace (unshare -m);
 # skipped (77) if that is not possible.
 set -euo pipefail
-if [ -z "${SWIFTCACHE_IN_NS:-}" ]; then
-    if unshare -m --propagation private true 2>/dev/null; then
-        SWIFTCACHE_IN_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-    fi
-    echo "$(basename "$0" .sh): SKIP: cannot create a mount namespace" >&2
-    exit 77
-fi
+REQUIRE_NS=1 . "$(dirname "$0")/mount-namespace.sh"
 . "$(dirname "$0")/lib.sh"
 
 small=$tmp/small
-mkdir "$small"
-mount -t tmpfs -o size=1M tmpfs "$small" || skip "cannot mount a tmpfs"
-on_exit umount "$small"
+mount_tmpfs "$small" 1M || skip "cannot mount a tmpfs"
 
 SIZE=$((16 * 1024 * 1024))
 

@@ -17,9 +17,7 @@
 # room instead of failing (the old filter failed 88 of 128 writes with
 # ENOSPC there).
 set -euo pipefail
-if [ -z "${SWIFTCACHE_IN_NS:-}" ] && unshare -m --propagation private true 2>/dev/null; then
-    SWIFTCACHE_IN_NS=1 exec unshare -m --propagation private bash "$0" "$@"
-fi
+. "$(dirname "$0")/mount-namespace.sh"
 . "$(dirname "$0")/lib.sh"
 
 SIZE=$((512 * 1024 * 1024))
@@ -133,9 +131,7 @@ run() {   # run NAME DIR
 
 run disk "$TMPDIR"
 
-if [ -n "${SWIFTCACHE_IN_NS:-}" ] && mkdir "$tmp/small" &&
-    mount -t tmpfs -o size=8M tmpfs "$tmp/small"; then
-    on_exit umount "$tmp/small"
+if mount_tmpfs "$tmp/small" 8M; then
     run tmpfs8M "$tmp/small"
 else
     log "cannot mount an 8 MiB tmpfs in a private mount namespace: that part is skipped"
