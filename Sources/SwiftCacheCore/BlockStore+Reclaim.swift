@@ -82,7 +82,9 @@ extension BlockStore {
             let failure = writeBack(dirtyRuns, backend: backend, lockingEach: false)
             if let failure { debug("reclaim: keeping dirty blocks: \(failure)") }
             // Write-back dropped partial blocks already; failed ones stay dirty.
-            let clean = state.withLock { s in victims.filter { s.map[$0] == .clean } }
+            let (clean, stillDirty) = state.withLock { s in
+                (victims.filter { s.map[$0] == .clean }, victims.filter { s.map.dirty[$0] }.count)
+            }
             debug.blocks("reclaim:", clean)
             dropUnchecked(clean)
             state.withLock(signalling: .blocksReleased) { s in
@@ -90,7 +92,8 @@ extension BlockStore {
                     s.locks.release(block..<block + 1, exclusive: true)
                 }
             }
-            if failure != nil { return }
+            // A round that freed nothing would only pick the same blocks again.
+            if failure != nil || stillDirty == victims.count { return }
         }
     }
 }

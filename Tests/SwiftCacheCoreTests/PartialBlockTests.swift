@@ -469,7 +469,7 @@ final class PartialBlockTests: EngineTestCase {
             threads.withLock { _ = $0.insert(me) }
             let now = inFlight.withLock { $0 += 1; return $0 }
             maxInFlight.withLock { $0 = max($0, now) }
-            usleep(2000)
+            usleep(20_000)         // long enough for the other threads to start, even on a busy machine
             inFlight.withLock { $0 -= 1 }
         }
         return (maxInFlight, threads)
