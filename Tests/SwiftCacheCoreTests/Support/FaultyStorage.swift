@@ -1,0 +1,182 @@
+import SystemPackage
+@testable import SwiftCacheCore
+
+/// The kinds of call the block layer makes to its cache file (`CacheStorage`).
+enum StorageCall: CaseIterable, Hashable, CustomStringConvertible {
+    case read, write, zero, discard, resize
+
+    var description: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .zero: "zero"
+        case .discard: "discard"
+        case .resize: "resize"
+        }
+    }
+}
+
+/// Which calls of one kind fail.
+enum FaultTrigger: Equatable, CustomStringConvertible {
+    /// The next `count` calls, once `skip` calls have gone through.
+    case next(Int, after: Int = 0)
+    /// Every call.
+    case always
+    /// Every `n`th call (the `n`th, the `2n`th, ...), counted from when it is armed.
+    case every(Int)
+    /// Calls whose byte range overlaps this one (a resize covers 0..<its size).
+    case overlapping(Range<UInt64>)
+
+    var description: String {
+        switch self {
+        case .next(let count, let skip): skip == 0 ? "the next \(count)" : "the next \(count) after \(skip)"
+        case .always: "every call"
+        case .every(let n): "every \(n)th call"
+        case .overlapping(let range): "calls touching \(range)"
+        }
+    }
+}
+
+/// A fault armed for one kind of call.
+struct StorageFault: CustomStringConvertible {
+    var trigger: FaultTrigger
+    var errno: Errno
+    /// A failing write, zero or discard first does the first half of its job
+    /// (a short write, then the error); a failing read first fills the buffer
+    /// with half the file's bytes and garbage. A resize cannot tear.
+    var torn: Bool
+
+    var description: String { "\(trigger) fail with \(errno)\(torn ? ", torn" : "")" }
+}
+
+/// A `CacheStorage` over a real `CacheFile` that fails calls on demand, per
+/// kind of call, and counts them. Thread-safe: the core's pthread `Lock`,
+/// which the thread sanitizer sees (it cannot see `Synchronization.Mutex`).
+final class FaultyStorage: CacheStorage {
+    let file: CacheFile
+    private let state = Lock<State>(State())
+
+    private struct State {
+        var faults: [StorageCall: StorageFault] = [:]
+        /// Calls made, failed ones included.
+        var calls: [StorageCall: Int] = [:]
+        var failures: [StorageCall: Int] = [:]
+        /// Calls seen since the fault of that kind was armed (for `.every`).
+        var seen: [StorageCall: Int] = [:]
+    }
+
+    /// A cache file in `directory` (the test's temporary directory).
+    init(directory: String) throws {
+        file = try CacheFile(directory: directory)
+    }
+
+    // MARK: Control and counts
+
+    /// Arms a fault for each of `kinds`, replacing what was armed for them.
+    func fail(_ kinds: [StorageCall], _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
+              torn: Bool = false) {
+        state.withLock { s in
+            for kind in kinds {
+                s.faults[kind] = StorageFault(trigger: trigger, errno: errno, torn: torn)
+                s.seen[kind] = 0
+            }
+        }
+    }
+
+    func fail(_ kind: StorageCall, _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
+              torn: Bool = false) {
+        fail([kind], trigger, with: errno, torn: torn)
+    }
+
+    /// Disarms every fault (counts stay).
+    func clearFaults() { state.withLock { $0.faults = [:] } }
+
+    /// Calls of `kind` made so far, failed ones included.
+    func calls(_ kind: StorageCall) -> Int { state.withLock { $0.calls[kind, default: 0] } }
+
+    /// Calls of `kind` that failed.
+    func failures(_ kind: StorageCall) -> Int { state.withLock { $0.failures[kind, default: 0] } }
+
+    var totalFailures: Int { state.withLock { $0.failures.values.reduce(0, +) } }
+
+    func resetCounts() {
+        state.withLock { s in
+            s.calls = [:]
+            s.failures = [:]
+        }
+    }
+
+    /// Counts a call and says whether (and how) it fails.
+    private func fault(_ kind: StorageCall, _ range: Range<UInt64>) -> StorageFault? {
+        state.withLock { s in
+            s.calls[kind, default: 0] += 1
+            guard let fault = s.faults[kind] else { return nil }
+            s.seen[kind, default: 0] += 1
+            switch fault.trigger {
+            case .always:
+                break
+            case .every(let n):
+                guard n > 0, s.seen[kind, default: 0] % n == 0 else { return nil }
+            case .overlapping(let bad):
+                guard bad.overlaps(range) else { return nil }
+            case .next(let count, let skip):
+                guard count > 0 else { return nil }
+                if skip > 0 {
+                    s.faults[kind]?.trigger = .next(count, after: skip - 1)
+                    return nil
+                }
+                s.faults[kind]?.trigger = .next(count - 1)
+            }
+            s.failures[kind, default: 0] += 1
+            return fault
+        }
+    }
+
+    private func injected(_ fault: StorageFault, _ kind: StorageCall, _ range: Range<UInt64>) -> CacheError {
+        CacheError(fault.errno, "injected cache file \(kind) fault at \(range)")
+    }
+
+    // MARK: CacheStorage
+
+    var fileSystemBlockSize: UInt64 { file.fileSystemBlockSize }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
+        let range = offset..<offset + UInt64(buffer.count)
+        guard let fault = fault(.read, range) else { return try file.read(into: buffer, at: offset) }
+        if fault.torn {
+            let half = buffer.count / 2
+            try? file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<half]), at: offset)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[half...]).initializeMemory(as: UInt8.self, repeating: 0xEE)
+        }
+        throw injected(fault, .read, range)
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
+        let range = offset..<offset + UInt64(buffer.count)
+        guard let fault = fault(.write, range) else { return try file.write(buffer, at: offset) }
+        let half = buffer.count / 2
+        if fault.torn && half > 0 { try? file.write(UnsafeRawBufferPointer(rebasing: buffer[..<half]), at: offset) }
+        throw injected(fault, .write, range)
+    }
+
+    func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
+        let range = offset..<offset + length
+        guard let fault = fault(.zero, range) else { return try file.zero(at: offset, length: length) }
+        if fault.torn && length / 2 > 0 { try? file.zero(at: offset, length: length / 2) }
+        throw injected(fault, .zero, range)
+    }
+
+    func discard(at offset: UInt64, length: UInt64) throws(CacheError) {
+        let range = offset..<offset + length
+        guard let fault = fault(.discard, range) else { return try file.discard(at: offset, length: length) }
+        if fault.torn && length / 2 > 0 { try? file.discard(at: offset, length: length / 2) }
+        throw injected(fault, .discard, range)
+    }
+
+    func resize(to size: UInt64) throws(CacheError) {
+        guard let fault = fault(.resize, 0..<size) else { return try file.resize(to: size) }
+        throw injected(fault, .resize, 0..<size)
+    }
+
+    func allocatedBytes() -> UInt64 { file.allocatedBytes() }
+}
