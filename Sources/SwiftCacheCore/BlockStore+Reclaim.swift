@@ -70,7 +70,8 @@ extension BlockStore {
                 let chosen: [UInt64] = {
                     let locks = s.locks, dirty = s.map.dirty, map = s.map
                     return s.lru.victims(s.occupiedOrReserved - target, in: map) { block in
-                        (owned.contains(block) || !locks.isLocked(block)) && (!dirty[block] || canWrite && reach.contains(block))
+                        (owned.contains(block) || !locks.isLocked(block))
+                            && (!dirty[block] || canWrite && reach.contains(block))
                     }
                 }()
                 for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }

@@ -72,7 +72,8 @@ final class CacheFileTests: XCTestCase {
             for edge in [window, 7 * window, (1 << 40) - window] {
                 let data = randomBytes(300_000, seed: edge)
                 try data.withUnsafeBytes { try file.write($0, at: edge - 150_000) }
-                for (offset, count) in [(edge - 2500, 5000), (edge - 150_000, 300_000), (edge - 65536, 131_072), (edge - 1, 2)] {
+                for (offset, count) in [(edge - 2500, 5000), (edge - 150_000, 300_000), (edge - 65536, 131_072),
+                    (edge - 1, 2)] {
                     var out = [UInt8](repeating: 0xA5, count: count)
                     try out.withUnsafeMutableBytes { try file.read(into: $0, at: offset) }
                     let from = Int(offset - (edge - 150_000))
@@ -80,7 +81,8 @@ final class CacheFileTests: XCTestCase {
                 }
             }
             let growthKiB = virtualMemoryKiB() - sizeBefore
-            XCTAssertLessThan(growthKiB, 1 << 20, "\(parent): reading a 1 TiB cache file grew VmSize by \(growthKiB) KiB")
+            XCTAssertLessThan(growthKiB, 1 << 20,
+                "\(parent): reading a 1 TiB cache file grew VmSize by \(growthKiB) KiB")
         }
     }
 }

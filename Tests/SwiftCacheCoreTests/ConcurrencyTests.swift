@@ -60,7 +60,8 @@ final class ConcurrencyTests: EngineTestCase {
                             fail("op \(op): FUA write at \(a)+\(z - a) is not in the backend")
                         }
                     case 50..<58:
-                        try e.zero(count: UInt64(z - a), at: UInt64(a), fua: false, mayTrim: true, fastZero: false, backend: b)
+                        try e.zero(count: UInt64(z - a), at: UInt64(a), fua: false, mayTrim: true, fastZero: false,
+                            backend: b)
                         model.replaceSubrange(a..<z, with: repeatElement(0, count: z - a))
                     case 58..<62:
                         try e.flush(backend: b)
@@ -162,7 +163,9 @@ final class ConcurrencyTests: EngineTestCase {
             let offset = 3 * Int(B) + t * 1000
             do {
                 let got = try e.readBytes(UInt64(offset), 5000, b)
-                if got != Array(disk[offset..<offset + 5000]) { failures.withLock { $0.append("thread \(t): wrong data") } }
+                if got != Array(disk[offset..<offset + 5000]) {
+                    failures.withLock { $0.append("thread \(t): wrong data") }
+                }
             } catch {
                 failures.withLock { $0.append("thread \(t): \(error)") }
             }
@@ -307,7 +310,8 @@ final class FlushRaceTests: EngineTestCase {
                 let held = e.isLocked(5)
                 seen.withLock { $0.append("write-back of block 5 with block 5 \(held ? "held" : "NOT held")") }
                 Thread {
-                    do { try e.writeBytes(new5, at: 5 * B, b) } catch { seen.withLock { $0.append("writer: \(error)") } }
+                    do { try e.writeBytes(new5, at: 5 * B,
+                        b) } catch { seen.withLock { $0.append("writer: \(error)") } }
                     writerDone.withLock { $0 = true }
                 }.start()
                 // A writer must wait for the flush; give it 200 ms to show that it does not.

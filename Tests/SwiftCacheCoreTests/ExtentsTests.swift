@@ -16,7 +16,8 @@ final class ExtentsTests: EngineTestCase {
         let b = makeDisk(seed: 150)
         let e = try makeEngine(b, mode: .writeback)
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
-                       [Extent(offset: 0, length: 8 * B, type: holeZero), Extent(offset: 8 * B, length: 8 * B, type: 0)])
+                       [Extent(offset: 0, length: 8 * B, type: holeZero), Extent(offset: 8 * B, length: 8 * B,
+                           type: 0)])
         XCTAssertEqual(try e.extents(count: 100, at: 1000, onlyOne: false, backend: b),
                        [Extent(offset: 1000, length: 100, type: holeZero)])
         XCTAssertEqual(try e.extents(count: 8 * B, at: 4 * B, onlyOne: true, backend: b),
@@ -92,7 +93,8 @@ final class ExtentsTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         try e.cache(count: B, at: 3 * B, backend: b)                        // clean copy of a hole
         try e.writeBytes([1, 2, 3], at: B + 10, b)
-        try e.zero(count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false, backend: b) // dirty zeroes over data
+        try e.zero(count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false,
+            backend: b) // dirty zeroes over data
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
             Extent(offset: 0, length: B, type: holeZero),
             Extent(offset: B, length: B, type: 0),
@@ -124,7 +126,8 @@ final class ExtentsTests: EngineTestCase {
         // A plugin whose answer starts after the offset: the gap is claimed as data.
         b.setExtentsAnswer { _, offset, _ in [Extent(offset: offset + 10, length: 100, type: Extent.hole)] }
         XCTAssertEqual(try e.extents(count: 1000, at: 5000, onlyOne: false, backend: b),
-                       [Extent(offset: 5000, length: 10, type: 0), Extent(offset: 5010, length: 100, type: Extent.hole)])
+                       [Extent(offset: 5000, length: 10, type: 0), Extent(offset: 5010, length: 100,
+                           type: Extent.hole)])
         // No answer at all: data.
         b.setExtentsAnswer { _, _, _ in [] }
         XCTAssertEqual(try e.extents(count: 1000, at: 5000, onlyOne: true, backend: b),

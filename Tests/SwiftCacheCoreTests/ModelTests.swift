@@ -9,7 +9,9 @@ final class ModelTests: EngineTestCase {
     private func run(mode: CacheMode, maxSize: UInt64?, cacheOnRead: CacheOnRead, minBlockSize: UInt64,
                      fuaMode: FUAMode, canZero: Bool, seed: UInt64, ops: Int, writeBackThreads: Int = 1) throws {
         let size: UInt64 = 2 * MiB - 12_345          // not a multiple of any block size
-        let what = "\(mode) max=\(maxSize.map(String.init) ?? "none") \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero) threads=\(writeBackThreads)"
+        let maxText = maxSize.map(String.init) ?? "none"
+        let what = "\(mode) max=\(maxText) \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero) "
+            + "threads=\(writeBackThreads)"
         let b = MemoryBackend(size: size, seed: seed, canZero: canZero, fuaMode: fuaMode)
         let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
                                writeBackThreads: writeBackThreads)
@@ -53,7 +55,8 @@ final class ModelTests: EngineTestCase {
                     assertBytes(b.bytes(UInt64(offset), count), data, "\(at): write through / FUA reached the plugin")
                 }
             case 35..<45:
-                try e.zero(count: UInt64(count), at: UInt64(offset), fua: false, mayTrim: true, fastZero: false, backend: b)
+                try e.zero(count: UInt64(count), at: UInt64(offset), fua: false, mayTrim: true, fastZero: false,
+                    backend: b)
                 model.replaceSubrange(offset..<offset + count, with: repeatElement(0, count: count))
                 written(offset..<offset + count)
             case 45..<48:
@@ -69,7 +72,8 @@ final class ModelTests: EngineTestCase {
                 }
             case 56..<66:
                 // Block status never calls bytes that read as non-zero a hole or zero.
-                let list = try e.extents(count: UInt64(count), at: UInt64(offset), onlyOne: rng.next() % 2 == 0, backend: b)
+                let list = try e.extents(count: UInt64(count), at: UInt64(offset), onlyOne: rng.next() % 2 == 0,
+                    backend: b)
                 XCTAssertEqual(list.first?.offset, UInt64(offset), at)
                 for extent in list where extent.type & Extent.zero != 0 {
                     let lo = Int(extent.offset), hi = Int(extent.offset + extent.length)
@@ -78,7 +82,8 @@ final class ModelTests: EngineTestCase {
                     }
                 }
             default:
-                assertBytes(masked(try e.readBytes(UInt64(offset), count, b), offset), Array(model[offset..<offset + count]),
+                assertBytes(masked(try e.readBytes(UInt64(offset), count, b), offset),
+                    Array(model[offset..<offset + count]),
                             "\(at): read \(offset)+\(count)")
             }
             if let maxSize, e.cachedBytes > maxSize {

@@ -60,7 +60,8 @@ final class ReadTests: EngineTestCase {
         for _ in 0..<200 {
             let offset = Int(rng.next() % MiB)
             let count = 1 + Int(rng.next() % (MiB - UInt64(offset)))
-            assertBytes(try e.readBytes(UInt64(offset), count, b), Array(disk[offset..<offset + count]), "window \(offset)+\(count)")
+            assertBytes(try e.readBytes(UInt64(offset), count, b), Array(disk[offset..<offset + count]),
+                "window \(offset)+\(count)")
         }
         XCTAssertEqual(b.stats.reads, 2)
     }

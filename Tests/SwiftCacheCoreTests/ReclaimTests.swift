@@ -90,7 +90,8 @@ final class ReclaimTests: EngineTestCase {
         // 16 blocks would pass 95%: the 4 oldest are written back and dropped,
         // down to 80% with the new block, as one run (as a flush would send them).
         XCTAssertEqual(b.stats.writeLog, [Req(0, 4 * B)])
-        XCTAssertEqual(e.states(0..<17), Array(repeating: .notCached, count: 4) + Array(repeating: .dirty, count: 12) + [.notCached])
+        XCTAssertEqual(e.states(0..<17), Array(repeating: .notCached, count: 4) + Array(repeating: .dirty,
+            count: 12) + [.notCached])
         XCTAssertEqual(e.cachedBytes, 12 * B)
         assertBytes(b.bytes(0, 4 * B), Array(model[..<Int(4 * B)]))
         assertBytes(try e.readBytes(0, 16 * B, b), Array(model[..<Int(16 * B)]))

@@ -95,7 +95,8 @@ final class BlockMapTests: XCTestCase {
         XCTAssertEqual(map.cachedCount, 15)
         XCTAssertEqual(map.dirtyCount, 10)
         XCTAssertEqual((9..<26).map { map[$0] },
-                       [.notCached] + Array(repeating: .clean, count: 5) + Array(repeating: .dirty, count: 10) + [.notCached])
+                       [.notCached] + Array(repeating: .clean, count: 5) + Array(repeating: .dirty,
+                           count: 10) + [.notCached])
     }
 
     func testNextDirtyRun() {

@@ -424,7 +424,8 @@ final class WriteTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 60)
         let e = try makeEngine(b, mode: .writeback)
         assertCacheError(.invalidArgument) { try e.writeBytes([1, 2], at: MiB - 1, b) }
-        assertCacheError(.invalidArgument) { try e.zero(count: 2, at: MiB - 1, fua: false, mayTrim: true, fastZero: false, backend: b) }
+        assertCacheError(.invalidArgument) { try e.zero(count: 2, at: MiB - 1, fua: false, mayTrim: true,
+            fastZero: false, backend: b) }
         assertCacheError(.invalidArgument) { try e.trim(count: 2, at: MiB - 1, fua: false, backend: b) }
         XCTAssertEqual(e.dirtyBlockCount, 0)
         XCTAssertEqual(b.stats, BackendStats())

@@ -153,7 +153,8 @@ final class TrimTests: EngineTestCase {
         model.replaceSubrange(Int(4 * B)..<Int(7 * B) + 50, with: repeatElement(0, count: Int(3 * B) + 50))
 
         XCTAssertEqual(b.stats.trimLog, [Req(B, 2 * B), Req(4 * B, 3 * B + 50)])
-        XCTAssertEqual(e.states(0..<8), [.clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached, .partial])
+        XCTAssertEqual(e.states(0..<8), [.clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached,
+            .partial])
         XCTAssertEqual(e.held(7), [1000..<1003], "a partly trimmed partial block keeps what it holds")
         XCTAssertEqual(e.dirtyBlockCount, 1)
         XCTAssertEqual(e.cachedBytes, 3 * B)

@@ -46,7 +46,8 @@ class EngineTestCase: XCTestCase {
         if let size { backend.setSize(size) }
         try engine.setExportSize(backend.size)
         // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
-        XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file, line: line)
+        XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file,
+            line: line)
         return engine
     }
 

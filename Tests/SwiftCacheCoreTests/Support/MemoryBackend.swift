@@ -130,7 +130,8 @@ final class MemoryBackend: Backend, Sendable {
     func clearFaults() { state.withLock { $0.faults = Faults() } }
     func failNextReads(_ n: Int, _ error: Errno = .ioError) { setFaults { $0.failReads = n; $0.readError = error } }
     func failNextWrites(_ n: Int, _ error: Errno = .ioError) { setFaults { $0.failWrites = n; $0.writeError = error } }
-    func failNextFlushes(_ n: Int, _ error: Errno = .ioError) { setFaults { $0.failFlushes = n; $0.flushError = error } }
+    func failNextFlushes(_ n: Int,
+        _ error: Errno = .ioError) { setFaults { $0.failFlushes = n; $0.flushError = error } }
     func failWrites(in range: Range<UInt64>, _ error: Errno = .ioError) {
         setFaults { $0.failWriteRange = range; $0.writeRangeError = error }
     }
@@ -188,7 +189,8 @@ final class MemoryBackend: Backend, Sendable {
                 throw s.faults.readError
             }
             s.disk.withUnsafeBytes { disk in
-                buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: disk[Int(offset)..<Int(offset) + buffer.count]))
+                buffer.copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: disk[Int(offset)..<Int(offset) + buffer.count]))
             }
             s.stats.reads += 1
             s.stats.readBytes += UInt64(buffer.count)
@@ -226,7 +228,8 @@ final class MemoryBackend: Backend, Sendable {
             guard check(&s, "write", offset, UInt64(buffer.count)) else { throw Errno.invalidArgument }
             let end = offset + UInt64(buffer.count)
             if offset % minimumRequest != 0 || (end % minimumRequest != 0 && end != s.size) {
-                s.violations.append("write of \(buffer.count) bytes at \(offset) not aligned to the minimum \(minimumRequest)")
+                s.violations.append("write of \(buffer.count) bytes at \(offset) not aligned to the minimum "
+                                     + "\(minimumRequest)")
             }
             if !canWrite { s.violations.append("write at \(offset) but the plugin cannot write") }
             checkFUA(&s, "write", fua)
@@ -237,7 +240,8 @@ final class MemoryBackend: Backend, Sendable {
                 }
             }
             s.disk.withUnsafeMutableBytes { disk in
-                UnsafeMutableRawBufferPointer(rebasing: disk[Int(offset)..<Int(offset) + buffer.count]).copyMemory(from: buffer)
+                UnsafeMutableRawBufferPointer(rebasing: disk[Int(offset)..<Int(offset) + buffer.count])
+                    .copyMemory(from: buffer)
             }
             s.stats.writes += 1
             s.stats.writeBytes += UInt64(buffer.count)
@@ -293,11 +297,13 @@ final class MemoryBackend: Backend, Sendable {
     /// hole|zero, any other is data; runs of one type are merged. The answer
     /// starts at `offset` (as nbdkit clips it for a filter).
     func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
-        let (result, hook) = try state.withLock { (s: inout State) throws(Errno) -> ([Extent], (@Sendable () -> Void)?) in
+        let (result, hook) = try state.withLock { (s: inout State) throws(Errno) -> ([Extent],
+            (@Sendable () -> Void)?) in
             guard check(&s, "extents", offset, count) else { throw Errno.invalidArgument }
             s.stats.extentsCalls += 1
             if let answer = s.extentsAnswer { return (answer(count, offset, onlyOne), s.afterExtentsComputed) }
-            return (MemoryBackend.extents(of: s.disk, count: count, at: offset, onlyOne: onlyOne), s.afterExtentsComputed)
+            return (MemoryBackend.extents(of: s.disk, count: count, at: offset, onlyOne: onlyOne),
+                s.afterExtentsComputed)
         }
         hook?()
         return result
@@ -460,7 +466,8 @@ struct Connection: Backend {
 
     private func checkRange(_ what: String, _ offset: UInt64, _ count: UInt64) {
         if offset + count > size {
-            violations.withLock { $0.append("\(what) of \(count) bytes at \(offset) past this connection's end \(size)") }
+            let message = "\(what) of \(count) bytes at \(offset) past this connection's end \(size)"
+            violations.withLock { $0.append(message) }
         }
     }
 
