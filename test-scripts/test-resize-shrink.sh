@@ -9,7 +9,8 @@
 # closes; the file is extended back to 1 MiB with new random bytes;
 # connection 3 reads the whole 1 MiB, and the bytes past 512K must be the
 # new ones.  (The filter this test was written against returned the old
-# cached bytes.)  The first 512K, unchanged, must read as before.
+# cached bytes.)  The first 512K, unchanged, must read as before.  And a
+# cut inside a block (below) must not bring the cut bytes back.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -50,6 +51,43 @@ h.shutdown()
 for f in fails: print("FAIL:", f)
 sys.exit(1 if fails else 0)
 EOF_PY
+
+# The file is cut inside a block while an older connection, which still
+# sees the old size, stays open; it then writes inside the new end and
+# flushes: the block's bytes past the new end must not be written back
+# (they would grow the file again with the truncated data).
+cat >"$tmp/cut.py" <<'EOF_PY'
+import nbd, sys, os
+uri, disk = sys.argv[1:3]
+a = nbd.NBD(); a.connect_uri(uri)
+a.pread(100000, 0)
+os.truncate(disk, 70000)
+b = nbd.NBD(); b.connect_uri(uri)
+assert b.get_size() == 70000, b.get_size()
+a.pwrite(b"X" * 10, 66000)
+a.flush()
+size = os.path.getsize(disk)
+data = open(disk, "rb").read()
+a.shutdown(); b.shutdown()
+if size != 70000:
+    print("FAIL: the file grew back to %d bytes after the older connection's flush" % size); sys.exit(1)
+if data[66000:66010] != b"X" * 10:
+    print("FAIL: the older connection's write is not in the file"); sys.exit(1)
+EOF_PY
+
+for mode in writeback writethrough; do
+    disk=$tmp/cut-$mode
+    make_random_file "$disk" 100000 42
+    start_nbdkit cut-$mode --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
+    if py "$tmp/cut.py" "$uri" "$disk"; then
+        ok "cache=$mode: a cut inside a block keeps the file at its new size"
+    else
+        bad "cache=$mode: the bytes cut off came back"
+    fi
+    assert_alive cut-$mode
+    stop_nbdkit cut-$mode
+    assert_no_crash_in "$tmp/cut-$mode.log"
+done
 
 for mode in writeback writethrough; do
     disk=$tmp/disk-$mode

@@ -120,6 +120,23 @@ struct BlockMap {
         }
     }
 
+    /// The export now ends `length` bytes into `block`: what the block
+    /// holds past that is gone with the end of the disk. A whole dirty block
+    /// keeps its first `length` bytes as a partial block (an older, larger
+    /// connection must not write the rest back), a partial block its ranges
+    /// below `length`; a clean block is the caller's to drop.
+    mutating func cut(_ block: UInt64, at length: UInt32) {
+        switch self[block] {
+        case .dirty:
+            self[block] = .partial
+            partials[block] = HeldRanges(0..<length)
+        case .partial:
+            if let kept = partials[block]?.below(length) { partials[block] = kept } else { self[block] = .notCached }
+        case .clean, .notCached:
+            break
+        }
+    }
+
     /// The first partial block in `blocks`, if any.
     func firstPartial(in blocks: Range<UInt64>) -> UInt64? {
         guard !partials.isEmpty else { return nil }

@@ -223,6 +223,16 @@ final class BlockStore: @unchecked Sendable {
             }
             return Array(blocks)
         }
+        // The new last block, if the new end cuts it: its bytes past the end are gone.
+        if size % geometry.blockSize != 0 {
+            let block = size >> geometry.shift
+            let held = lock(block..<block + 1)
+            let clean = state.withLock { s in
+                s.map.cut(block, at: UInt32(size - geometry.start(of: block)))
+                return s.map[block] == .clean
+            }
+            if clean { drop([block], in: held) }
+        }
         for run in runs(of: past) {
             let held = lock(run)
             let (taken, dirty) = state.withLock { s in

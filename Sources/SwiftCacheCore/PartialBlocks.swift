@@ -36,6 +36,13 @@ struct HeldRanges: Equatable {
         return copy
     }
 
+    /// The ranges below `length`, if any.
+    func below(_ length: UInt32) -> HeldRanges? {
+        var kept = self
+        kept.ranges = ranges.compactMap { $0.lowerBound < length ? $0.lowerBound..<min($0.upperBound, length) : nil }
+        return kept.ranges.isEmpty ? nil : kept
+    }
+
     /// Whether the block's first `length` bytes are all held.
     func covers(_ length: UInt32) -> Bool {
         ranges.count == 1 && ranges[0].lowerBound == 0 && ranges[0].upperBound >= length

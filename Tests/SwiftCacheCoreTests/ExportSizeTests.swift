@@ -91,4 +91,33 @@ final class ExportSizeTests: EngineTestCase {
         try e.setExportSize(10 * MiB)
         assertBytes(try e.readBytes(100 * B, B, disk), fresh)
     }
+
+    /// A shrink to a size inside a block cuts that block: an older, larger
+    /// connection that writes into it must not write the bytes past the new
+    /// end back (they would grow the file again with truncated data).
+    func testAShrinkInsideABlockCutsItsTail() throws {
+        for dirty in [false, true] {
+            let disk = MemoryBackend(size: 100_000, seed: 630)
+            let e = try makeEngine(disk, mode: .writeback, cacheOnRead: .always)
+            let older = Connection(disk, size: 100_000), smaller = Connection(disk, size: 70_000)
+            if dirty {
+                try e.writeBytes(randomBytes(100_000 - Int(B), seed: 631), at: B, older)
+            } else {
+                _ = try e.readBytes(0, 100_000, older)
+            }
+            try e.setExportSize(70_000)                        // the file was truncated to 70000 bytes
+            disk.resetStats()
+            if dirty {
+                try e.flush(backend: smaller)
+                XCTAssertEqual(disk.stats.writeLog, [Req(B, 70_000 - B)], "dirty: only the bytes before the new end")
+            } else {
+                XCTAssertEqual(e.state(ofBlock: 1), .notCached, "clean: the cut block is forgotten")
+            }
+            disk.resetStats()
+            try e.writeBytes(Array(repeating: 7, count: 10), at: 66_000, older)
+            try e.flush(backend: older)
+            XCTAssertEqual(disk.stats.writeLog, [Req(66_000, 10)], "dirty=\(dirty): nothing past 70000 is written back")
+            XCTAssertEqual(older.violations.withLock { $0 } + smaller.violations.withLock { $0 }, [])
+        }
+    }
 }
