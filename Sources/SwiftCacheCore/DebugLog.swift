@@ -4,13 +4,14 @@
 public struct DebugLog: Sendable {
     let isOn: @Sendable () -> Bool
     let emit: @Sendable (String) -> Void
-    let warning: @Sendable (String) -> Void
+    /// Something the user must hear of, such as data that could not be kept.
+    let warn: @Sendable (String) -> Void
 
     public init(isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void,
-                warning: @escaping @Sendable (String) -> Void = { _ in }) {
+                warn: @escaping @Sendable (String) -> Void = { _ in }) {
         self.isOn = isOn
         self.emit = emit
-        self.warning = warning
+        self.warn = warn
     }
 
     public static let off = DebugLog(isOn: { false }, emit: { _ in })
@@ -24,7 +25,4 @@ public struct DebugLog: Sendable {
         guard isOn() else { return }
         for block in blocks { emit("\(what) block \(block)") }
     }
-
-    /// Something the user must hear of, such as data that could not be kept.
-    func warn(_ message: String) { warning(message) }
 }

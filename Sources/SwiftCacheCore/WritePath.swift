@@ -80,9 +80,8 @@ extension Engine {
                 next = bypass.upperBound
                 continue
             }
-            let before = blocks.states(chunk)
             let edges = write.edges.filter { edge in
-                chunk.contains(edge) && [.notCached, .partial].contains(before[Int(edge - chunk.lowerBound)])
+                chunk.contains(edge) && [.notCached, .partial].contains(blocks.state(of: edge))
             }
             // Both edges are checked in one step, so that together they keep to the limits.
             let partial = blocks.holdable(edges.map { ($0, write.part(of: $0)) })
