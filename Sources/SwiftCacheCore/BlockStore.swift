@@ -102,6 +102,16 @@ final class BlockStore: @unchecked Sendable {
 
     var occupiedBlocks: UInt64 { state.withLock { $0.map.occupiedCount } }
     var dirtyBlockCount: UInt64 { state.withLock { $0.map.dirtyCount } }
+
+    /// Blocks not yet written back, and the bytes they hold (a partial block only its ranges).
+    var dirtyAccount: (blocks: UInt64, bytes: UInt64) {
+        state.withLock { s in
+            let partialBytes = s.map.partials.values.reduce(UInt64(0)) { sum, held in
+                sum + held.ranges.reduce(0) { $0 + UInt64($1.count) }
+            }
+            return (s.map.dirtyCount, (s.map.dirtyCount - UInt64(s.map.partials.count)) << geometry.shift + partialBytes)
+        }
+    }
     var partialBlockCount: Int { state.withLock { $0.map.partials.count } }
 
     func dirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] { state.withLock { $0.map.dirtyRuns(in: blocks) } }

@@ -15,4 +15,18 @@ extension Engine {
         }
         if let firstError { throw firstError }
     }
+
+    /// A connection is closing: in writeback mode every dirty block goes to
+    /// the plugin now (without a plugin flush, which the client never asked
+    /// for), so a client that never flushes, or a plugin that cannot flush,
+    /// does not strand acknowledged writes in the cache. unsafe keeps them;
+    /// a read-only connection cannot write them.
+    public func connectionClosing(backend: some Backend) throws(CacheError) {
+        guard config.mode == .writeback, backend.canWrite, blocks.dirtyBlockCount > 0 else { return }
+        if let error = blocks.writeBackAll(backend: backend) { throw error }
+    }
+
+    /// Dirty blocks never written back, and the bytes they hold: what is
+    /// lost if the cache goes now.
+    public var unwritten: (blocks: UInt64, bytes: UInt64) { blocks.dirtyAccount }
 }

@@ -88,6 +88,18 @@ enum Callbacks {
         return 0
     }
 
+    /// The connection is closing: its dirty blocks go to the plugin (SPEC §8).
+    static let finalize: @convention(c) (Next, Handle) -> Int32 = { next, handle in
+        let connection = Connection.from(handle)
+        do {
+            try connection.engine.connectionClosing(backend: connection.backend(next))
+            return 0
+        } catch {
+            Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
+            return -1
+        }
+    }
+
     // MARK: What the client sees
 
     static let blockSize: @convention(c) (

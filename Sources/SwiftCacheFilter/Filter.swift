@@ -47,7 +47,16 @@ final class SwiftCacheFilter: Sendable {
 
     var currentEngine: Engine? { engine.withLock { $0 } }
 
-    func unload() { engine.withLock { $0 = nil } }
+    /// nbdkit is exiting: dirty blocks still in the cache are lost with it,
+    /// and said so (cache=unsafe, or write-backs that failed).
+    func unload() {
+        guard let engine = engine.withLock({ $0.take() }) else { return }
+        let unwritten = engine.unwritten
+        if unwritten.blocks > 0 {
+            Log.error("swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) never "
+                      + "written back to the plugin: they are lost")
+        }
+    }
 }
 
 /// Per-connection handle: the shared cache and what this connection's

@@ -25,6 +25,7 @@ enum FilterTable {
         filter.open = Callbacks.open                      // per-connection handle
         filter.close = Callbacks.close
         filter.prepare = Callbacks.prepare                // export size, plugin capabilities
+        filter.finalize = Callbacks.finalize              // writes back what the connection left dirty
 
         filter.block_size = Callbacks.blockSize           // capabilities: SPEC §3
         filter.can_flush = Callbacks.canFlush

@@ -127,3 +127,45 @@ final class FlushTests: EngineTestCase {
         XCTAssertEqual(b.stats.flushes, 1)
     }
 }
+
+/// SPEC §8 "No stranded writes": a closing connection writes back what is dirty.
+final class ConnectionClosingTests: EngineTestCase {
+    func testWritebackWritesEveryDirtyBlockBackAsTheConnectionCloses() throws {
+        let b = MemoryBackend(size: MiB, seed: 95, canFlush: false)
+        let e = try makeEngine(b, mode: .writeback)
+        var model = b.allBytes
+        for (offset, count) in [(100, 5000), (3 * B, Int(2 * B)), (9 * B + 7, 300)] as [(UInt64, Int)] {
+            let data = randomBytes(count, seed: offset)
+            try e.writeBytes(data, at: offset, b)
+            model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
+        }
+        XCTAssertGreaterThan(e.dirtyBlockCount, 0)
+        try e.connectionClosing(backend: b)
+        XCTAssertEqual(e.dirtyBlockCount, 0)
+        XCTAssertEqual(e.unwritten.blocks, 0)
+        XCTAssertEqual(b.stats.flushes, 0, "the client asked for no flush")
+        assertBytes(b.allBytes, model)
+    }
+
+    func testUnsafeKeepsDirtyBlocksAndCountsWhatWouldBeLost() throws {
+        let b = MemoryBackend(size: MiB, seed: 96)
+        let e = try makeEngine(b, mode: .unsafe)
+        let original = b.allBytes
+        try e.writeBytes(randomBytes(Int(B), seed: 1), at: 0, b)
+        try e.writeBytes(randomBytes(300, seed: 2), at: 5 * B + 10, b)
+        try e.connectionClosing(backend: b)
+        assertBytes(b.allBytes, original)
+        XCTAssertEqual(e.unwritten.blocks, 2)
+        XCTAssertEqual(e.unwritten.bytes, B + 300)
+    }
+
+    func testAFailedWriteBackIsReportedAndTheBlockStaysDirty() throws {
+        let b = MemoryBackend(size: MiB, seed: 97)
+        let e = try makeEngine(b, mode: .writeback)
+        try e.writeBytes(randomBytes(Int(B), seed: 3), at: 2 * B, b)
+        b.failNextWrites(1, .ioError)
+        assertCacheError(.ioError) { try e.connectionClosing(backend: b) }
+        XCTAssertEqual(e.unwritten.blocks, 1)
+        XCTAssertEqual(e.unwritten.bytes, B)
+    }
+}
