@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reclaim drops the least recently used blocks first (SPEC §4
 # cache-max-size).  cache-max-size=1M (16 blocks of 64K), thresholds
-# 95/80, cache-on-read=true, memory plugin, log filter after ours:
+# 95/80, cache-on-read=true, data plugin (data in every block: blocks
+# of zeroes would be kept as known zeroes, which take no room), log
+# filter after ours:
 #   1. read blocks 0..9            (10 blocks cached)
 #   2. read blocks 0..4 again      (now more recent than 5..9)
 #   3. read blocks 20..27          (passes the high threshold: reclaim)
@@ -12,7 +14,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 BS=65536
-start_nbdkit lru --filter="$FILTER" --filter=log memory 16M \
+start_nbdkit lru --filter="$FILTER" --filter=log data '( 0x55 0xaa )*8388608' \
     cache-on-read=true cache-max-size=1M logfile="$tmp/lru.nbdlog"
 py - "$uri" "$tmp/phase" <<'EOF_PY'
 import nbd, sys

@@ -3,7 +3,8 @@
 /// requests in flight. When there is not enough, the least recently used
 /// blocks are dropped until the cache is under the low threshold; dirty ones
 /// are written back first, coalesced into runs as a flush does, so the
-/// limit never costs data.
+/// limit never costs data. A full disk under the cache file (ENOSPC,
+/// EDQUOT) makes room the same way (`makeRoom`), limit or not.
 extension BlockStore {
     /// Room for the blocks of `blocks` that are not cached: the reservation's
     /// `chunk` is the longest prefix of `blocks` it covers (all of it when
@@ -23,7 +24,7 @@ extension BlockStore {
     private func reserve(_ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>,
                          backend: some Backend) -> Reservation {
         guard let limit else { return Reservation(blocks: 0, chunk: blocks, store: nil) }
-        let wanted = uncachedCount(in: blocks)
+        let wanted = unoccupiedCount(in: blocks)
         var attempt = 0
         while true {
             let step: ReserveStep = state.withLock { s in
@@ -41,9 +42,10 @@ extension BlockStore {
             }
             switch step {
             case .granted(let granted):
-                return Reservation(blocks: granted, chunk: prefix(of: blocks, uncachedAtMost: granted), store: self)
+                return Reservation(blocks: granted, chunk: prefix(of: blocks, unoccupiedAtMost: granted), store: self)
             case .reclaim:
-                reclaim(limit, making: wanted, owned: owned, backend: backend)
+                let target = limit.low - min(wanted, limit.low)
+                reclaim(to: target, owned: owned, backend: backend)
                 state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
                 attempt = 2
             case .wait:
@@ -53,38 +55,58 @@ extension BlockStore {
         }
     }
 
-    /// Drops least recently used blocks until the cache (with what is
-    /// reserved) is at the low threshold once `wanted` more blocks are in it
-    /// (or empty, for a request larger than that): victims other requests hold are
-    /// skipped, never waited for; dirty ones this connection cannot write
-    /// back (read-only, or past its end) are skipped too. Ends early when a
-    /// round frees nothing or a write-back fails.
-    private func reclaim(_ limit: SizeLimit, making wanted: UInt64, owned: Range<UInt64>, backend: some Backend) {
+    /// The cache file's disk is full: frees a quarter of the cache's blocks
+    /// (at least twice `wanted`) as reclaim does, unless another thread is
+    /// reclaiming already (then it waits for that instead). Blocks of the
+    /// caller's own are kept, except `owned`, which it has finished with.
+    func makeRoom(for wanted: UInt64, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+                  backend: some Backend) {
+        let target: UInt64? = state.withLock { s in
+            guard !s.reclaiming else { return nil }
+            s.reclaiming = true
+            let occupied = s.map.occupiedCount
+            return s.occupiedOrReserved - min(occupied, max(2 * wanted, occupied / 4))
+        }
+        guard let target else {
+            state.withLock(waitingFor: .reclaimEnded, until: { !$0.reclaiming }) { _ in }
+            return
+        }
+        reclaim(to: target, owned: owned, backend: backend)
+        state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
+    }
+
+    /// Drops blocks, least recently used first when cache-max-size keeps
+    /// that order, until the cache (with what is reserved) is down to
+    /// `target` blocks: victims other requests hold are skipped, never
+    /// waited for; dirty ones this connection cannot write back (read-only,
+    /// or past its end) are skipped too. Ends early when a round frees
+    /// nothing or a write-back fails.
+    private func reclaim(to target: UInt64, owned: Range<UInt64>, backend: some Backend) {
         let runLimit = max(1, backend.transferLimit >> geometry.shift)
-        let target = limit.low - min(wanted, limit.low)
         while true {
             let victims: [UInt64] = state.withLock { s in
                 guard s.occupiedOrReserved > target else { return [] }
                 let canWrite = backend.canWrite
                 let reach = geometry.reach(connectionSize: backend.size, size: max(s.exportSize, backend.size))
-                let chosen: [UInt64] = {
-                    let locks = s.locks, dirty = s.map.dirty, map = s.map
-                    return s.lru.victims(s.occupiedOrReserved - target, in: map) { block in
-                        (owned.contains(block) || !locks.isLocked(block))
-                            && (!dirty[block] || canWrite && reach.contains(block))
-                    }
-                }()
+                let locks = s.locks, map = s.map
+                func isEvictable(_ block: UInt64) -> Bool {
+                    (owned.contains(block) || !locks.isLocked(block))
+                        && (!map[block].isDirty || canWrite && reach.contains(block))
+                }
+                let count = s.occupiedOrReserved - target
+                let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
+                    : s.map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
                 for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
                 return chosen
             }
             guard !victims.isEmpty else { return }
             let runs = runs(of: victims, limit: runLimit)
-            let dirtyRuns = state.withLock { s in runs.filter { run in run.contains { s.map.dirty[$0] } } }
+            let dirtyRuns = state.withLock { s in runs.filter { run in run.contains { s.map[$0].isDirty } } }
             let failure = writeBack(dirtyRuns, backend: backend, lockingEach: false)
             if let failure { debug("reclaim: keeping dirty blocks: \(failure)") }
             // Write-back dropped partial blocks already; failed ones stay dirty.
             let (clean, stillDirty) = state.withLock { s in
-                (victims.filter { s.map[$0] == .clean }, victims.filter { s.map.dirty[$0] }.count)
+                (victims.filter { s.map[$0] == .clean }, victims.filter { s.map[$0].isDirty }.count)
             }
             debug.blocks("reclaim:", clean)
             dropUnchecked(clean)

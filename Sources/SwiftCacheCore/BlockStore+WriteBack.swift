@@ -2,7 +2,8 @@ import SystemPackage
 
 /// Write-back, for flush and reclaim alike: one plugin request per run of
 /// dirty blocks (up to the transfer limit), up to `writeBackThreads` runs at
-/// once. It never needs room in the cache file: a partial block is sent as
+/// once; a run of dirty zeroes is one plugin zero request (writes of zeroes
+/// if the plugin cannot zero). It never needs room in the cache file: a partial block is sent as
 /// the one range it holds, or assembled in memory with the plugin's bytes,
 /// and then leaves the cache. It never sends a byte past the end of the
 /// connection it writes through: blocks beyond it stay dirty until a
@@ -62,12 +63,16 @@ extension BlockStore {
         var firstError: CacheError?
         let size = size(seenBy: backend.size)
         let reach = geometry.reach(connectionSize: backend.size, size: size)
-        let (runs, partials) = state.withLock { s in
-            (s.map.dirtyRuns(in: blocks),
+        let (pieces, partials) = state.withLock { s in
+            (s.map.dirtyRuns(in: blocks).flatMap { s.map.writeBackPieces(of: $0) },
              Dictionary(uniqueKeysWithValues: blocks.compactMap { block in s.map.held(block).map { (block, $0) } }))
         }
         func note(_ error: CacheError?) { firstError = firstError ?? error }
-        for run in runs {
+        for (run, zeroes) in pieces {
+            if let zeroes {
+                note(writeBackZeroes(run, zeroes, size: size, backend: backend))
+                continue
+            }
             // Blocks past this connection's end wait for a connection that sees them.
             let reached = run.clamped(to: reach)
             var start = reached.lowerBound
@@ -92,6 +97,35 @@ extension BlockStore {
             }
         }
         return firstError
+    }
+
+    /// Sends a run of dirty zero blocks as plugin zero requests, as far as
+    /// this connection reaches (and the part of its own last block it sees).
+    private func writeBackZeroes(_ run: Range<UInt64>, _ zeroes: ZeroWriteBack, size: UInt64,
+                                 backend: some Backend) -> CacheError? {
+        let reach = geometry.reach(connectionSize: backend.size, size: size)
+        let reached = run.clamped(to: reach)
+        var span = geometry.bytes(of: reached, size: size)
+        let seenInPart = reach.upperBound
+        if run.contains(seenInPart) && geometry.start(of: seenInPart) < backend.size {
+            span = (reached.isEmpty ? geometry.start(of: seenInPart) : span.lowerBound)..<backend.size
+        }
+        guard !span.isEmpty else { return nil }
+        let payload = Payload.zeroes(count: UInt64(span.count), mayTrim: zeroes == .mayTrim)
+        var done: UInt64 = 0
+        while done < UInt64(span.count) {
+            let piece = done..<min(UInt64(span.count), done + backend.transferLimit)
+            do { try payload.send(piece, to: backend, at: span.lowerBound + piece.lowerBound, fua: false) } catch {
+                return CacheError(error, "plugin zero of \(piece.count) bytes at \(span.lowerBound + piece.lowerBound) "
+                                  + "(write back)")
+            }
+            done = piece.upperBound
+        }
+        debug.blocks("written back as zeroes:", reached)
+        state.withLock { s in
+            for block in reached where s.map[block].isZero { s.map[block] = .zero }
+        }
+        return nil
     }
 
     /// The connection's own last block, which it sees only in part since the
@@ -145,7 +179,7 @@ extension BlockStore {
                 let target = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[from..<from + blockSpan.count])
                 try assembleHeld(block, into: target, size: size, backend: backend)
                 do throws(CacheError) {
-                    _ = try writeGaps(UnsafeRawBufferPointer(target), of: block)
+                    try writeGaps(UnsafeRawBufferPointer(target), of: block)
                     state.withLock { $0.map[block] = .dirty }
                 } catch {
                     debug("write back: block \(block) not kept whole: \(error)")

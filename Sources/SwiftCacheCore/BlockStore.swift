@@ -30,6 +30,8 @@ final class BlockStore: @unchecked Sendable {
         var reserved: UInt64 = 0
         /// One thread reclaims at a time.
         var reclaiming = false
+        /// Where the last reclaim without an LRU order stopped.
+        var reclaimHand: UInt64 = 0
 
         var occupiedOrReserved: UInt64 { map.occupiedCount + reserved }
     }
@@ -109,35 +111,36 @@ final class BlockStore: @unchecked Sendable {
             let partialBytes = s.map.partials.values.reduce(UInt64(0)) { sum, held in
                 sum + held.ranges.reduce(0) { $0 + UInt64($1.count) }
             }
-            return (s.map.dirtyCount, (s.map.dirtyCount - UInt64(s.map.partials.count)) << geometry.shift + partialBytes)
+            let wholeBlocks = s.map.dirtyCount - UInt64(s.map.partials.count)
+            return (s.map.dirtyCount, wholeBlocks << geometry.shift + partialBytes)
         }
     }
     var partialBlockCount: Int { state.withLock { $0.map.partials.count } }
 
-    func dirtyRuns(in blocks: Range<UInt64>) -> [Range<UInt64>] { state.withLock { $0.map.dirtyRuns(in: blocks) } }
+    /// The blocks whose block status is the cache's (see `BlockMap.statusBlocks`).
+    func statusBlocks(in blocks: Range<UInt64>) -> [(block: UInt64, state: BlockState)] {
+        state.withLock { $0.map.statusBlocks(in: blocks) }
+    }
 
     func firstPartial(in blocks: Range<UInt64>) -> UInt64? { state.withLock { $0.map.firstPartial(in: blocks) } }
 
-    /// Whether block `from` is cached whole, and where the run of blocks
+    /// What a read finds from block `from` on, and where the run of blocks
     /// like it ends (before `end`). A cached run counts as used (LRU).
-    func run(from: UInt64, to end: UInt64) -> (isCached: Bool, end: UInt64) {
+    func readRun(from: UInt64, to end: UInt64) -> (kind: ReadRun, end: UInt64) {
         state.withLock { s in
-            guard s.map.cached[from] else {
-                return (false, s.map.cached.firstSet(from: from, to: end) ?? end)
-            }
-            let runEnd = s.map.cached.firstClear(from: from, to: end)
-            if limit != nil { s.lru.touch(from..<runEnd) }
-            return (true, runEnd)
+            let run = s.map.readRun(from: from, to: end)
+            if run.kind == .cached, limit != nil { s.lru.touch(from..<run.end) }
+            return run
         }
     }
 
-    /// How many of `blocks` are not cached at all (storing them needs room).
-    func uncachedCount(in blocks: Range<UInt64>) -> UInt64 {
-        state.withLock { s in blocks.reduce(0) { $0 + (s.map[$1] == .notCached ? 1 : 0) } }
+    /// How many of `blocks` have no storage (storing data in them needs room).
+    func unoccupiedCount(in blocks: Range<UInt64>) -> UInt64 {
+        state.withLock { s in blocks.reduce(0) { $0 + (s.map[$1].occupiesStorage ? 0 : 1) } }
     }
 
-    /// The run of uncached blocks from `from` on (before `end`).
-    func uncachedRun(from: UInt64, to end: UInt64) -> Range<UInt64> {
+    /// The run of blocks without storage from `from` on (before `end`).
+    func unoccupiedRun(from: UInt64, to end: UInt64) -> Range<UInt64> {
         state.withLock { s in from..<max(from, min(end, s.map.occupied(from: from) ?? end)) }
     }
 
@@ -147,11 +150,11 @@ final class BlockStore: @unchecked Sendable {
         state.withLock { $0.map.holdable(candidates) }
     }
 
-    /// The longest prefix of `blocks` holding at most `count` blocks that are not cached.
-    func prefix(of blocks: Range<UInt64>, uncachedAtMost count: UInt64) -> Range<UInt64> {
+    /// The longest prefix of `blocks` holding at most `count` blocks without storage.
+    func prefix(of blocks: Range<UInt64>, unoccupiedAtMost count: UInt64) -> Range<UInt64> {
         state.withLock { s in
             var seen: UInt64 = 0
-            for block in blocks where s.map[block] == .notCached {
+            for block in blocks where !s.map[block].occupiesStorage {
                 if seen == count { return blocks.lowerBound..<block }
                 seen += 1
             }
@@ -187,9 +190,9 @@ final class BlockStore: @unchecked Sendable {
 
     private func grow(from old: UInt64, to size: UInt64) throws(CacheError) {
         let blocks = geometry.blockCount(of: size)
-        // Block states (and LRU) cost 2 (4) bits a block: refuse an export
+        // Block states (and LRU) cost 3 (5) bits a block: refuse an export
         // whose map would not fit in half of the machine's memory.
-        let mapBytes = blocks / 8 * (limit == nil ? 2 : 4)
+        let mapBytes = blocks / 8 * (limit == nil ? 3 : 5)
         let memory = physicalMemory()
         guard memory == 0 || mapBytes <= memory / 2 else {
             throw CacheError(.noMemory, "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
@@ -205,11 +208,10 @@ final class BlockStore: @unchecked Sendable {
                 if limit != nil { s.lru.grow(to: blocks) }
             }
             if hasShortLast, s.exportSize == old {
-                let start = geometry.start(of: lastBlock)
-                let length = UInt32(old - start), newLength = UInt32(min(size - start, geometry.blockSize))
+                let length = UInt32(old - geometry.start(of: lastBlock))
                 switch s.map[lastBlock] {
-                case .clean: forget(lastBlock, in: &s)
-                case .dirty: s.map.hold(0..<length, in: lastBlock, length: newLength)
+                case .clean, .zero: forget(lastBlock, in: &s)
+                case .dirty, .dirtyZero: s.map.cut(lastBlock, at: length)
                 case .notCached, .partial: break
                 }
             }
@@ -227,7 +229,7 @@ final class BlockStore: @unchecked Sendable {
             s.exportSize = size
             var blocks = Set(s.locks.lockedBlocks(from: first))
             var from = first
-            while let block = s.map.occupied(from: from) {
+            while let block = s.map.known(from: from) {
                 blocks.insert(block)
                 from = block + 1
             }
@@ -239,14 +241,14 @@ final class BlockStore: @unchecked Sendable {
             let held = lock(block..<block + 1)
             let clean = state.withLock { s in
                 s.map.cut(block, at: UInt32(size - geometry.start(of: block)))
-                return s.map[block] == .clean
+                return [.clean, .zero].contains(s.map[block])
             }
             if clean { drop([block], in: held) }
         }
         for run in runs(of: past) {
             let held = lock(run)
             let (taken, dirty) = state.withLock { s in
-                (run.filter { s.map[$0] != .notCached }, run.filter { s.map.dirty[$0] }.count)
+                (run.filter { s.map[$0] != .notCached }, run.filter { s.map[$0].isDirty }.count)
             }
             if dirty > 0 {
                 debug.warn("the export shrank from \(old) to \(size) bytes: \(dirty) dirty blocks in \(run) lay "
@@ -258,23 +260,73 @@ final class BlockStore: @unchecked Sendable {
 
     // MARK: Changing blocks (the caller holds them)
 
-    /// Keeps `data`, read from the plugin, as clean blocks `chunk` (all-zero
-    /// data as a hole). The hole is punched, not assumed: an uncached block
-    /// may still hold old bytes.
+    /// Keeps `data`, read from the plugin, as blocks `chunk`: clean, or
+    /// known zeroes (no data stored) where a whole block is zeroes. The hole
+    /// is punched, not assumed: an uncached block may still hold old bytes.
     func keepClean(_ data: UnsafeRawBufferPointer, as chunk: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
                    using reservation: inout Reservation) throws(CacheError) {
-        let offset = geometry.start(of: chunk.lowerBound)
-        if data.isAllZero {
-            debug("cache from the plugin: \(data.count) bytes of zeroes at \(offset) kept as a hole")
-            try storage.zero(at: offset, length: UInt64(data.count))
-        } else {
-            try storage.write(data, at: offset)
+        let start = geometry.start(of: chunk.lowerBound)
+        func bytes(_ run: Range<UInt64>) -> UnsafeRawBufferPointer {
+            let from = Int(geometry.start(of: run.lowerBound) - start)
+            return UnsafeRawBufferPointer(rebasing: data[from..<min(data.count, from + run.count << geometry.shift)])
         }
+        var zeroes: [UInt64] = []
+        for block in chunk where bytes(block..<block + 1).isAllZero { zeroes.append(block) }
+        var next = chunk.lowerBound
+        for run in runs(of: zeroes) + [chunk.upperBound..<chunk.upperBound] {
+            if next < run.lowerBound { try storage.write(bytes(next..<run.lowerBound), at: geometry.start(of: next)) }
+            if !run.isEmpty {
+                debug.blocks("cache from the plugin, known zeroes:", run)
+                let span = bytes(run)
+                try storage.zero(at: geometry.start(of: run.lowerBound), length: UInt64(span.count))
+            }
+            next = run.upperBound
+        }
+        let known = Set(zeroes)
         state.withLock { s in
-            reservation.use(chunk.reduce(0) { $0 + (s.map[$1] == .notCached ? 1 : 0) }, from: &s)
-            s.map.set(chunk, to: .clean)
-            if limit != nil { s.lru.touch(chunk) }
+            let newlyStored = chunk.filter { !known.contains($0) && !s.map[$0].occupiesStorage }.count
+            reservation.use(UInt64(newlyStored), from: &s)
+            for block in chunk {
+                if known.contains(block), limit != nil, s.map[block].occupiesStorage { s.lru.forget(block) }
+                s.map[block] = known.contains(block) ? .zero : .clean
+                if limit != nil, !known.contains(block) { s.lru.touch(block..<block + 1) }
+            }
         }
+    }
+
+    /// Records whole blocks `blocks` as dirty zeroes (a zero request, or a
+    /// write of whole blocks of zeroes): their storage is punched, so the
+    /// cache file reads zeroes there, and they take no room.
+    func keepZeroes(_ blocks: Range<UInt64>, mayTrim: Bool,
+                    in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+        let bytes = geometry.bytes(of: blocks, size: .max)
+        try storage.zero(at: bytes.lowerBound, length: UInt64(bytes.count))
+        debug.blocks("write to the cache (zeroes):", blocks)
+        state.withLock { s in
+            for block in blocks {
+                if limit != nil, s.map[block].occupiesStorage { s.lru.forget(block) }
+                s.map[block] = .dirtyZero(mayTrim: mayTrim)
+            }
+        }
+    }
+
+    /// The plugin takes bytes `span` of `blocks` straight (no room in the
+    /// cache, or the cache file failed): what the blocks held there is
+    /// forgotten (see `BlockMap.release`), and blocks left with nothing
+    /// lose their storage.
+    func release(_ span: Range<UInt64>, of blocks: Range<UInt64>, size: UInt64,
+                 in held: borrowing HeldBlocks<Exclusive>) {
+        let emptied: [UInt64] = state.withLock { s in
+            blocks.filter { block in
+                guard s.map[block] != .notCached else { return false }
+                let whole = geometry.bytes(of: block..<block + 1, size: size), part = span.clamped(to: whole)
+                let start = whole.lowerBound
+                let released = UInt32(part.lowerBound - start)..<UInt32(part.upperBound - start)
+                return !s.map.release(released, in: block, length: UInt32(whole.count))
+            }
+        }
+        debug.blocks("handed to the plugin, dropped:", emptied)
+        dropUnchecked(emptied)
     }
 
     /// Stores bytes `range` of a write's payload at `span`, which covers
@@ -288,12 +340,12 @@ final class BlockStore: @unchecked Sendable {
         do {
             try payload.store(range, in: storage, at: span.lowerBound)
         } catch {
-            drop(chunk.filter { before[Int($0 - chunk.lowerBound)] == .clean }, in: held)
+            drop(chunk.filter { [.clean, .zero].contains(before[Int($0 - chunk.lowerBound)]) }, in: held)
             throw error
         }
         debug.blocks("write to the cache (dirty):", chunk)
         state.withLock { s in
-            reservation.use(before.reduce(0) { $0 + ($1 == .notCached ? 1 : 0) }, from: &s)
+            reservation.use(before.reduce(0) { $0 + ($1.occupiesStorage ? 0 : 1) }, from: &s)
             for block in chunk {
                 if let part = parts[block] {
                     s.map.hold(part.part, in: block, length: part.length)
@@ -308,7 +360,13 @@ final class BlockStore: @unchecked Sendable {
     /// Marks dirty blocks clean once the plugin holds what they hold.
     func markClean(_ blocks: [UInt64], in held: borrowing HeldBlocks<Exclusive>) {
         state.withLock { s in
-            for block in blocks where s.map[block] == .dirty { s.map[block] = .clean }
+            for block in blocks {
+                switch s.map[block] {
+                case .dirty: s.map[block] = .clean
+                case .dirtyZero: s.map[block] = .zero
+                case .notCached, .clean, .partial, .zero: break
+                }
+            }
         }
     }
 
@@ -339,9 +397,9 @@ final class BlockStore: @unchecked Sendable {
 
     /// A block's bytes, assembled in memory into `target` (the block's
     /// length): the plugin's, with the ranges a partial block holds read from
-    /// the cache file over them. Needs no room in the cache file (a full one
-    /// must never strand written bytes). Bytes past the end of the
-    /// connection's export are not read: zeroes.
+    /// the cache file over them; known zeroes need no plugin read. Needs no
+    /// room in the cache file (a full one must never strand written bytes).
+    /// Bytes past the end of the connection's export are not read: zeroes.
     func assemble(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64, backend: some Backend,
                   in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
         try assembleHeld(block, into: target, size: size, backend: backend)
@@ -350,6 +408,10 @@ final class BlockStore: @unchecked Sendable {
     /// `assemble` for a block this layer holds on its caller's behalf.
     func assembleHeld(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64,
                       backend: some Backend) throws(CacheError) {
+        if state(of: block).isZero {
+            target.initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
         let start = geometry.start(of: block)
         let readable = Int(min(UInt64(target.count), backend.size > start ? backend.size - start : 0))
         debug.blocks("read from the plugin to complete:", [block])
@@ -364,27 +426,28 @@ final class BlockStore: @unchecked Sendable {
 
     /// Keeps a block assembled whole (`assemble`, through a connection that
     /// reaches it): a partial block's gaps are written and it becomes dirty;
-    /// an uncached block is written and becomes clean (this needs room).
+    /// a block without storage is written (this needs room) and becomes
+    /// dirty if it held dirty zeroes, else clean.
     func keepAssembled(_ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
                        using reservation: inout Reservation) throws(CacheError) {
-        let wasPartial = try writeGaps(bytes, of: block)
+        let before = state(of: block)
+        try writeGaps(bytes, of: block)
         state.withLock { s in
-            if !wasPartial { reservation.use(1, from: &s) }
-            s.map[block] = wasPartial ? .dirty : .clean
+            if !before.occupiesStorage { reservation.use(1, from: &s) }
+            s.map[block] = before.isDirty ? .dirty : .clean
             if limit != nil { s.lru.touch(block..<block + 1) }
         }
     }
 
     /// Writes the bytes of an assembled block that the cache lacks (all of
-    /// them if it is not partial); returns whether it was partial.
-    func writeGaps(_ bytes: UnsafeRawBufferPointer, of block: UInt64) throws(CacheError) -> Bool {
+    /// them if it is not partial).
+    func writeGaps(_ bytes: UnsafeRawBufferPointer, of block: UInt64) throws(CacheError) {
         let start = geometry.start(of: block)
         let ranges = held(block)
         for gap in ranges?.gaps(UInt32(bytes.count)) ?? [0..<UInt32(bytes.count)] {
             try storage.write(UnsafeRawBufferPointer(rebasing: bytes[Int(gap.lowerBound)..<Int(gap.upperBound)]),
                               at: start + UInt64(gap.lowerBound))
         }
-        return ranges != nil
     }
 
     /// Reads cached bytes (the caller holds their blocks, shared or not).

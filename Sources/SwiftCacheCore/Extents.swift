@@ -1,25 +1,26 @@
 import SystemPackage
 
-/// Block status: the plugin's answer, except that dirty blocks are data.
+/// Block status: the plugin's answer, except where the cache knows better.
 ///
 /// Dirty blocks hold bytes the plugin has not seen, so the plugin's "hole"
 /// or "zero" is wrong for them; a client trusting it (nbdcopy, qemu-img)
-/// would skip the data. Clean blocks match the plugin, whose answer stands.
-/// A block dirty before or after the plugin call counts as dirty: a flush
-/// or reclaim may write it back while the plugin is answering.
+/// would skip the data: they are data. Dirty zeroes are zero (and a hole
+/// where the client allowed one); known zeroes the plugin also has are zero,
+/// with the plugin's hole bit. Clean blocks match the plugin, whose answer
+/// stands. A block whose state changes while the plugin answers gets the
+/// answer true of both states (data, if they disagree on zeroes).
 extension Engine {
     public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool,
                         backend: some Backend) throws(CacheError) -> [Extent] {
         guard count > 0 else { return [] }
         try checkBounds(offset: offset, count: count, backend: backend)
         let covered = geometry.blocks(covering: offset, count: count)
-        let dirtyBefore = blocks.dirtyRuns(in: covered)
+        let before = blocks.statusBlocks(in: covered)
         let plugin: [Extent]
         do { plugin = try backend.extents(count: count, at: offset, onlyOne: onlyOne) } catch {
             throw CacheError(error, "plugin extents of \(count) bytes at \(offset)")
         }
-        let dirty = union(dirtyBefore, blocks.dirtyRuns(in: covered))
-            .map { geometry.bytes(of: $0, size: .max) }
+        let overrides = statusOverrides(before, blocks.statusBlocks(in: covered))
         let request = offset..<offset + count
         var result: [Extent] = []
         func append(_ range: Range<UInt64>, _ type: UInt32) {
@@ -30,18 +31,18 @@ extension Engine {
                 result.append(Extent(offset: range.lowerBound, length: UInt64(range.count), type: type))
             }
         }
-        var next = dirty.startIndex
+        var next = overrides.startIndex
         for extent in plugin {
             let range = (extent.offset..<extent.offset + extent.length).clamped(to: request)
             guard !range.isEmpty else { continue }
             var cursor = range.lowerBound
-            while next < dirty.endIndex && dirty[next].upperBound <= cursor { next += 1 }
+            while next < overrides.endIndex && overrides[next].bytes.upperBound <= cursor { next += 1 }
             var i = next
-            while extent.type != 0, i < dirty.endIndex, dirty[i].lowerBound < range.upperBound {
-                let data = dirty[i].clamped(to: cursor..<range.upperBound)
-                append(cursor..<max(cursor, data.lowerBound), extent.type)
-                append(data, 0)
-                cursor = max(cursor, data.upperBound)
+            while i < overrides.endIndex, overrides[i].bytes.lowerBound < range.upperBound {
+                let known = overrides[i].bytes.clamped(to: cursor..<range.upperBound)
+                append(cursor..<max(cursor, known.lowerBound), extent.type)
+                append(known, overrides[i].status.type(plugin: extent.type))
+                cursor = max(cursor, known.upperBound)
                 i += 1
             }
             append(cursor..<range.upperBound, extent.type)
@@ -53,17 +54,62 @@ extension Engine {
         }
         return result
     }
+
+    /// The byte ranges whose status is the cache's, from the blocks'
+    /// states before and after the plugin answered (sorted, disjoint).
+    private func statusOverrides(_ before: [(block: UInt64, state: BlockState)],
+                                 _ after: [(block: UInt64, state: BlockState)]) -> [(bytes: Range<UInt64>,
+                                                                                     status: KnownStatus)] {
+        var states: [UInt64: (before: KnownStatus?, after: KnownStatus?)] = [:]
+        for (block, state) in before { states[block, default: (nil, nil)].before = KnownStatus(state) }
+        for (block, state) in after { states[block, default: (nil, nil)].after = KnownStatus(state) }
+        var overrides: [(bytes: Range<UInt64>, status: KnownStatus)] = []
+        for block in states.keys.sorted() {
+            guard let (a, b) = states[block], let status = KnownStatus.both(a, b) else { continue }
+            let bytes = geometry.bytes(of: block..<block + 1, size: .max)
+            if let last = overrides.last, last.status == status, last.bytes.upperBound == bytes.lowerBound {
+                overrides[overrides.count - 1].bytes = last.bytes.lowerBound..<bytes.upperBound
+            } else {
+                overrides.append((bytes, status))
+            }
+        }
+        return overrides
+    }
 }
 
-/// The union of two sorted lists of disjoint ranges, sorted.
-private func union(_ a: [Range<UInt64>], _ b: [Range<UInt64>]) -> [Range<UInt64>] {
-    var merged: [Range<UInt64>] = []
-    for range in (a + b).sorted(by: { $0.lowerBound < $1.lowerBound }) {
-        if let last = merged.last, range.lowerBound <= last.upperBound {
-            merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
-        } else {
-            merged.append(range)
+/// What the cache knows of a block's status better than the plugin.
+private enum KnownStatus: Equatable {
+    /// Bytes the plugin has not seen.
+    case data
+    /// Zeroes the plugin has not seen; a hole if the client allowed one.
+    case zeroes(hole: Bool)
+    /// Zeroes the plugin has too: its hole bit stands.
+    case pluginZeroes
+
+    init?(_ state: BlockState) {
+        switch state {
+        case .dirty, .partial: self = .data
+        case .dirtyZero(let mayTrim): self = .zeroes(hole: mayTrim)
+        case .zero: self = .pluginZeroes
+        case .notCached, .clean: return nil
         }
     }
-    return merged
+
+    /// The status true of a block in either state (nil: the plugin's answer).
+    static func both(_ a: KnownStatus?, _ b: KnownStatus?) -> KnownStatus? {
+        switch (a, b) {
+        case (nil, nil): nil
+        case let (a?, b?) where a == b: a
+        case (.data, _), (_, .data), (nil, _), (_, nil): .data
+        default: .zeroes(hole: false)
+        }
+    }
+
+    func type(plugin: UInt32) -> UInt32 {
+        switch self {
+        case .data: 0
+        case .zeroes(let hole): hole ? Extent.hole | Extent.zero : Extent.zero
+        case .pluginZeroes: (plugin & Extent.hole) | Extent.zero
+        }
+    }
 }

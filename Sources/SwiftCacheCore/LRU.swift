@@ -1,4 +1,5 @@
 /// Least-recently-used order for reclaim, in two bit planes (2 bits a block).
+/// Only blocks with storage are candidates: known zeroes take no room.
 ///
 /// A touched block is marked in `recent`. When `recent` holds a generation's
 /// worth of blocks, it becomes `older` and a new generation starts. Reclaim
@@ -48,7 +49,7 @@ struct LRU {
     /// storage (whole or partial) that `isEvictable` accepts, in one lap per
     /// pass: blocks in neither plane, then blocks not recent, then any.
     mutating func victims(_ count: UInt64, in blocks: BlockMap, isEvictable: (UInt64) -> Bool) -> [UInt64] {
-        let words = blocks.cached.words.count
+        let words = blocks.wordCount
         guard words > 0, count > 0 else { return [] }
         var chosen: [UInt64] = []
         var taken = Set<UInt64>()
@@ -60,7 +61,7 @@ struct LRU {
             let startBit: UInt64 = 1 << (start & 63)
             for step in 0...words {
                 let i = (startWord + step) % words
-                var candidates = blocks.cached.words[i] | blocks.dirty.words[i]
+                var candidates = blocks.occupiedWord(i)
                 if pass < 2 { candidates &= ~recent.words[i] }
                 if pass < 1 { candidates &= ~older.words[i] }
                 if step == 0 { candidates &= ~(startBit - 1) }

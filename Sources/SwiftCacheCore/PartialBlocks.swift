@@ -43,6 +43,17 @@ struct HeldRanges: Equatable {
         return kept.ranges.isEmpty ? nil : kept
     }
 
+    /// The ranges outside `range`, if any.
+    func removing(_ range: Range<UInt32>) -> HeldRanges? {
+        var kept = self
+        kept.ranges = ranges.flatMap { held -> [Range<UInt32>] in
+            let cut = range.clamped(to: held)
+            guard !cut.isEmpty else { return [held] }
+            return [held.lowerBound..<cut.lowerBound, cut.upperBound..<held.upperBound].filter { !$0.isEmpty }
+        }
+        return kept.ranges.isEmpty ? nil : kept
+    }
+
     /// Whether the block's first `length` bytes are all held.
     func covers(_ length: UInt32) -> Bool {
         ranges.count == 1 && ranges[0].lowerBound == 0 && ranges[0].upperBound >= length

@@ -6,6 +6,10 @@ enum Payload {
     case data(UnsafeRawBufferPointer)
     case zeroes(count: UInt64, mayTrim: Bool)
 
+    var isZeroes: Bool {
+        if case .zeroes = self { true } else { false }
+    }
+
     var count: UInt64 {
         switch self {
         case .data(let bytes): UInt64(bytes.count)

@@ -29,7 +29,7 @@ extension Engine {
         // a partial one, needs it alone.
         switch blocks.lockForRead(locked, exclusiveIf: { map in
             map.firstPartial(in: locked) != nil
-                || (keep && map.cached.firstClear(from: locked.lowerBound, to: locked.upperBound) < locked.upperBound)
+                || (keep && map.firstNotCached(in: locked) != nil)
         }) {
         case .shared(let held):
             let read = sized()
@@ -49,20 +49,26 @@ extension Engine {
         }
     }
 
-    /// Copies cached runs of the request's blocks to the buffer and hands the
-    /// runs that are not cached whole to `uncached`.
+    /// Copies cached runs of the request's blocks to the buffer, fills runs
+    /// of known zeroes, and hands the runs that are not cached whole to `uncached`.
     private func copy<Access>(_ read: BlockRead, in held: borrowing HeldBlocks<Access>,
                               uncached: (Range<UInt64>) throws(CacheError) -> Void) throws(CacheError) {
         var cursor = read.locked.lowerBound
         while cursor < read.locked.upperBound {
-            let (isCached, end) = blocks.run(from: cursor, to: read.locked.upperBound)
+            let (kind, end) = blocks.readRun(from: cursor, to: read.locked.upperBound)
             let run = cursor..<end
-            if !isCached {
+            let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
+            switch kind {
+            case .uncached:
                 try uncached(run)
-            } else if let buffer = read.buffer {
+            case .cached:
+                guard let buffer = read.buffer else { break }
                 debug.blocks("read from the cache:", run)
-                let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
                 try blocks.readCached(into: slice(buffer, span, of: read.request), at: span.lowerBound, in: held)
+            case .zeroes:
+                guard let buffer = read.buffer else { break }
+                debug.blocks("read known zeroes:", run)
+                slice(buffer, span, of: read.request).initializeMemory(as: UInt8.self, repeating: 0)
             }
             cursor = end
         }
@@ -95,7 +101,6 @@ extension Engine {
             } catch {
                 // Served all the same: keeping it is optional for a read.
                 debug("read: partial block \(block) left partial: \(error)")
-                if read.buffer == nil { throw error }
                 served.append(block)
             }
         }
@@ -103,8 +108,8 @@ extension Engine {
     }
 
     /// Blocks the cache lacks: read from the plugin, and kept as clean blocks
-    /// when asked and there is room (in chunks the room allows; blocks of
-    /// this request already done may be reclaimed to make it).
+    /// (or known zeroes) when asked and there is room (in chunks the room
+    /// allows; blocks of this request already done may be reclaimed to make it).
     private func uncached(_ run: Range<UInt64>, _ read: BlockRead, keep: Bool, backend: some Backend,
                           in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
         guard keep, let last = run.last else { return try readPlugin(run, read, backend: backend) }
@@ -130,15 +135,22 @@ extension Engine {
             }
             let span = geometry.bytes(of: chunk, size: read.size)
             debug.blocks("cache from the plugin:", chunk)
+            // Keeping them is optional: a cache file that fails (or is full)
+            // leaves them uncached, and the read is served all the same.
+            func keep(_ data: UnsafeRawBufferPointer) {
+                do throws(CacheError) { try blocks.keepClean(data, as: chunk, in: held, using: &reservation) } catch {
+                    debug("read: blocks \(chunk) not kept: \(error)")
+                }
+            }
             if let buffer = read.buffer, span.clamped(to: read.request) == span {
                 // Whole blocks inside the request go straight into the client's buffer.
                 let target = slice(buffer, span, of: read.request)
                 try backend.readAll(into: target, at: span.lowerBound)
-                try blocks.keepClean(UnsafeRawBufferPointer(target), as: chunk, in: held, using: &reservation)
+                keep(UnsafeRawBufferPointer(target))
             } else {
                 let staging = try Buffer.allocate(span.count)
                 try backend.readAll(into: staging.bytes, at: span.lowerBound)
-                try blocks.keepClean(UnsafeRawBufferPointer(staging.bytes), as: chunk, in: held, using: &reservation)
+                keep(UnsafeRawBufferPointer(staging.bytes))
                 if let buffer = read.buffer {
                     let wantedBytes = span.clamped(to: read.request)
                     let from = Int(wantedBytes.lowerBound - span.lowerBound)

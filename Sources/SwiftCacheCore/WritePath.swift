@@ -48,18 +48,63 @@ extension Engine {
         if flushAfter { try flush(backend: backend) }
     }
 
+    /// Stores the write's bytes in `range` of its blocks as dirty: whole
+    /// blocks of zeroes as dirty zeroes (no data, no room needed), the rest
+    /// as data (`storeData`). Zeroes over a block already known to read as
+    /// zeroes change nothing.
+    private func storeBack(_ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
+                           backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+        let zeroEdges = payload.isZeroes ? write.edges.filter { blocks.state(of: $0).isZero } : []
+        func kind(of block: UInt64) -> StoreKind {
+            if write.edges.contains(block) { return zeroEdges.contains(block) ? .unchanged : .data }
+            switch payload {
+            case .zeroes(_, let mayTrim): return .zeroes(mayTrim: mayTrim)
+            case .data(let bytes):
+                let span = write.payloadRange(write.bytes(of: block..<block + 1))
+                let blockBytes = UnsafeRawBufferPointer(rebasing: bytes[Int(span.lowerBound)..<Int(span.upperBound)])
+                return blockBytes.isAllZero ? .zeroes(mayTrim: false) : .data
+            }
+        }
+        var next = range.lowerBound
+        while next < range.upperBound {
+            let runKind = kind(of: next)
+            var end = next + 1
+            while end < range.upperBound && kind(of: end) == runKind { end += 1 }
+            let run = next..<end
+            switch runKind {
+            case .unchanged:
+                break
+            case .zeroes(let mayTrim):
+                do throws(CacheError) {
+                    try blocks.keepZeroes(run, mayTrim: mayTrim, in: held)
+                } catch {
+                    debug("write: the cache file failed (\(error)), zeroes go to the plugin")
+                    try handOver(payload, write, run, through: through, backend: backend, in: held)
+                }
+            case .data:
+                try storeData(payload, write, run, through: through, backend: backend, in: held)
+            }
+            next = end
+        }
+    }
+
     /// Stores the write's bytes in `range` of its blocks as dirty, in chunks
     /// the cache has room for. A block the write covers only in part and the
     /// cache does not hold whole becomes (or stays) partial, unless that would
-    /// pass the partial limits: then it is completed from the plugin first.
+    /// pass the partial limits: then it is completed first (from the plugin,
+    /// or with zeroes if it is known to read as zeroes).
     /// `through`: the plugin gets the whole write anyway, so blocks without
     /// room are simply not cached, and none of the write's own blocks is
     /// reclaimed (it would be written back, a second copy to the plugin);
-    /// otherwise blocks without room go straight to the plugin, and blocks
-    /// the write has finished with may be reclaimed.
-    private func storeBack(_ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
+    /// a failure of the cache file is the caller's to handle. Otherwise
+    /// blocks without room go straight to the plugin, and blocks the write
+    /// has finished with may be reclaimed; when the cache file fails, a full
+    /// one (ENOSPC, EDQUOT) is given room and the chunk tried again, and
+    /// what it still cannot take goes straight to the plugin.
+    private func storeData(_ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
                            backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
         var next = range.lowerBound
+        var retried = false
         while next < range.upperBound {
             let rest = next..<range.upperBound
             var reservation = through ? blocks.reserve(rest, backend: backend)
@@ -67,39 +112,81 @@ extension Engine {
             let chunk = reservation.chunk
             guard !chunk.isEmpty else {
                 let runLimit = max(1, backend.transferLimit >> geometry.shift)
-                let bypass = blocks.uncachedRun(from: next, to: min(range.upperBound, next + runLimit))
-                if !through {
-                    let span = write.bytes(of: bypass)
-                    debug.blocks("no room in the cache, write to the plugin:", bypass)
-                    do {
-                        try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
-                    } catch {
-                        throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound)")
-                    }
-                }
+                let bypass = blocks.unoccupiedRun(from: next, to: min(range.upperBound, next + runLimit))
+                debug.blocks("no room in the cache, write to the plugin:", bypass)
+                try handOver(payload, write, bypass, through: through, backend: backend, in: held)
                 next = bypass.upperBound
                 continue
             }
-            let edges = write.edges.filter { edge in
-                chunk.contains(edge) && [.notCached, .partial].contains(blocks.state(of: edge))
+            do throws(ChunkFailure) {
+                try storeChunk(payload, write, chunk, backend: backend, in: held, using: &reservation)
+            } catch {
+                guard case .cacheFile(let error) = error, !through else { throw error.cacheError }
+                _ = consume reservation
+                if [.noSpace, .diskQuotaExceeded].contains(error.errno) && !retried {
+                    debug("write: the cache file is full (\(error)): making room")
+                    blocks.makeRoom(for: UInt64(chunk.count), reclaimable: range.lowerBound..<next, in: held,
+                                    backend: backend)
+                    retried = true
+                    continue
+                }
+                debug("write: the cache file failed (\(error)), blocks \(chunk) go to the plugin")
+                try handOver(payload, write, chunk, through: false, backend: backend, in: held)
             }
-            // Both edges are checked in one step, so that together they keep to the limits.
-            let partial = blocks.holdable(edges.map { ($0, write.part(of: $0)) })
-            for edge in edges where !partial.contains(edge) {
-                guard blocks.reach(connectionSize: backend.size).contains(edge) else {
+            retried = false
+            next = chunk.upperBound
+        }
+    }
+
+    /// Stores one chunk the cache has room for (see `storeData`).
+    private func storeChunk(_ payload: Payload, _ write: BlockWrite, _ chunk: Range<UInt64>, backend: some Backend,
+                            in held: borrowing HeldBlocks<Exclusive>,
+                            using reservation: inout Reservation) throws(ChunkFailure) {
+        let edgeStates = write.edges.filter { chunk.contains($0) }.map { ($0, blocks.state(of: $0)) }
+        let holdable = edgeStates.filter { [.notCached, .partial].contains($0.1) }.map(\.0)
+        // Both edges are checked in one step, so that together they keep to the limits.
+        let partial = blocks.holdable(holdable.map { ($0, write.part(of: $0)) })
+        for (edge, state) in edgeStates where !partial.contains(edge) && ![.clean, .dirty].contains(state) {
+            let bytes: Buffer
+            do throws(CacheError) {
+                guard state.isZero || blocks.reach(connectionSize: backend.size).contains(edge) else {
                     throw CacheError(.ioError, "block \(edge) reaches past the end of this connection's export "
                                      + "and holds too many written ranges to keep another")
                 }
-                let bytes = try Buffer.allocate(Int(write.length(of: edge)))
+                bytes = try Buffer.allocate(Int(write.length(of: edge)))
                 try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
-                try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held, using: &reservation)
+            } catch {
+                throw .plugin(error)
             }
-            let span = write.bytes(of: chunk)
-            var parts: [UInt64: (part: Range<UInt32>, length: UInt32)] = [:]
-            for edge in partial { parts[edge] = (write.part(of: edge), write.length(of: edge)) }
+            do throws(CacheError) {
+                try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held, using: &reservation)
+            } catch {
+                throw .cacheFile(error)
+            }
+        }
+        let span = write.bytes(of: chunk)
+        var parts: [UInt64: (part: Range<UInt32>, length: UInt32)] = [:]
+        for edge in partial { parts[edge] = (write.part(of: edge), write.length(of: edge)) }
+        do {
             try blocks.keepWritten(payload, write.payloadRange(span), at: span, as: chunk, parts: parts, in: held,
                                    using: &reservation)
-            next = chunk.upperBound
+        } catch {
+            throw .cacheFile(error)
+        }
+    }
+
+    /// The write's bytes for `run` go straight to the plugin (unless it gets
+    /// the whole write anyway: `through`); the cache forgets what it held of
+    /// them first (`BlockStore.release`).
+    private func handOver(_ payload: Payload, _ write: BlockWrite, _ run: Range<UInt64>, through: Bool,
+                          backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+        let span = write.bytes(of: run)
+        blocks.release(span, of: run, size: write.size, in: held)
+        guard !through else { return }
+        do {
+            try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
+        } catch {
+            throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound)")
         }
     }
 
@@ -110,8 +197,9 @@ extension Engine {
     /// (read-modify-write, so the cache keeps what was written), and left
     /// out of the cache for a FUA write in writeback (which never reads the
     /// plugin) or when that read fails. Once the plugin has the bytes, the
-    /// blocks it matches again are clean; if it or the cache file fails, the
-    /// blocks that were not newer than it already are dropped.
+    /// blocks it matches again are clean; if it fails, the blocks that were
+    /// not newer than it already are dropped, and if the cache file fails,
+    /// the cache forgets the written bytes (the plugin has them).
     private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend,
                               in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
@@ -165,24 +253,29 @@ extension Engine {
                 cacheError = error
             }
         })
-        // Either failure may leave old bytes in blocks the cache had as
-        // clean: only blocks that were already newer than the plugin keep
+        // A failed plugin write may leave old bytes in blocks the cache had
+        // as clean: only blocks that were already newer than the plugin keep
         // what the cache has; the rest read from the plugin again.
-        let failure: CacheError? = pluginError.withLock { $0 }.map {
-            CacheError($0, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
-        } ?? cacheError
-        if let failure {
-            blocks.drop(stored.filter { [.clean, .notCached].contains(stateBefore($0)) }, in: held)
-            throw failure
+        if let error = pluginError.withLock({ $0 }) {
+            blocks.drop(stored.filter { [.clean, .notCached, .zero].contains(stateBefore($0)) }, in: held)
+            throw CacheError(error, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
+        }
+        // A failed cache file is not the client's problem: the plugin has the
+        // write, and the cache forgets what it held of those bytes.
+        if let cacheError {
+            debug("write through: the cache file failed (\(cacheError)), the plugin has the bytes")
+            blocks.release(write.request, of: stored, size: write.size, in: held)
+            return
         }
         blocks.markClean(stored.filter { block in
-            !write.edges.contains(block) || stateBefore(block) == .clean || completed.contains(block)
+            !write.edges.contains(block) || [.clean, .zero].contains(stateBefore(block)) || completed.contains(block)
         }, in: held)
     }
 
     /// Trim goes to the plugin; blocks it wholly covers are dropped from the
-    /// cache, and so are clean blocks it covers in part (the plugin's copy may
-    /// have changed under them). Partly covered dirty blocks stay dirty.
+    /// cache, and so are clean blocks and known zeroes it covers in part (the
+    /// plugin's copy may have changed under them). Partly covered dirty
+    /// blocks stay dirty.
     public func trim(count: UInt64, at offset: UInt64, fua requestedFUA: Bool,
                      backend: some Backend) throws(CacheError) {
         guard count > 0 else { return }
@@ -201,8 +294,8 @@ extension Engine {
             let states = blocks.states(write.locked)
             let stale = write.locked.filter { block in
                 switch states[Int(block - write.locked.lowerBound)] {
-                case .clean: true
-                case .dirty, .partial: failure == nil && !write.edges.contains(block)
+                case .clean, .zero: true
+                case .dirty, .partial, .dirtyZero: failure == nil && !write.edges.contains(block)
                 case .notCached: false
                 }
             }
@@ -212,6 +305,28 @@ extension Engine {
         if let failure { throw failure }
         if flushAfter { try flush(backend: backend) }
     }
+}
+
+/// Why a chunk of a write could not be stored: the plugin failed (the
+/// client's error), or the cache file did (the plugin can take the bytes).
+private enum ChunkFailure: Error {
+    case plugin(CacheError)
+    case cacheFile(CacheError)
+
+    var cacheError: CacheError {
+        switch self {
+        case .plugin(let error), .cacheFile(let error): error
+        }
+    }
+}
+
+/// How `storeBack` stores a run of a write's blocks.
+private enum StoreKind: Equatable {
+    /// Zeroes over blocks that already read as zeroes.
+    case unchanged
+    /// Whole blocks of zeroes.
+    case zeroes(mayTrim: Bool)
+    case data
 }
 
 /// The blocks of one write-like request and how it covers them.

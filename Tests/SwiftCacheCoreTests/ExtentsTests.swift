@@ -94,12 +94,14 @@ final class ExtentsTests: EngineTestCase {
         try e.cache(count: B, at: 3 * B, backend: b)                        // clean copy of a hole
         try e.writeBytes([1, 2, 3], at: B + 10, b)
         try e.zero(count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false,
-            backend: b) // dirty zeroes over data
+            backend: b) // dirty zeroes over data: zero, and a hole as the client allowed (SPEC §8)
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
             Extent(offset: 0, length: B, type: holeZero),
             Extent(offset: B, length: B, type: 0),
             Extent(offset: 2 * B, length: 6 * B, type: holeZero),
-            Extent(offset: 8 * B, length: 8 * B, type: 0),
+            Extent(offset: 8 * B, length: B, type: 0),
+            Extent(offset: 9 * B, length: B, type: holeZero),
+            Extent(offset: 10 * B, length: 6 * B, type: 0),
         ])
         try e.flush(backend: b)
         // Now the plugin has block 1's data and block 9's zeroes, and says so itself.

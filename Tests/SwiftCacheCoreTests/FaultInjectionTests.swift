@@ -268,26 +268,29 @@ final class FaultInjectionTests: EngineTestCase {
 
     // MARK: Write path
 
-    /// A torn write over a dirty block fails; the block stays dirty, bytes
-    /// outside the write are untouched, bytes inside are old or new.
+    /// A torn write over a dirty block goes to the plugin instead (SPEC §8):
+    /// the block keeps its other bytes as a partial block, and forgets the
+    /// torn ones.
     func testTornWriteOverADirtyBlockKeepsItsOtherBytes() throws {
         let r = try makeRig(RigConfig(), "torn write over a dirty block")
         prepare(r)
         r.arm([.write], .always, .noSpace, torn: true)
-        XCTAssertFalse(r.write(20_000, at: B + 10_000))
-        XCTAssertEqual(r.e.state(ofBlock: 1), .dirty)
+        XCTAssertTrue(r.write(20_000, at: B + 10_000))
+        XCTAssertEqual(r.e.state(ofBlock: 1), .partial)
+        XCTAssertEqual(r.e.held(1), [0..<10_000, 30_000..<UInt32(B)])
         XCTAssertTrue(r.read(B, at: B), "served from the cache file with the fault still armed")
         try verify(r)
     }
 
-    /// A failed write over clean blocks drops them (they may hold half of
-    /// it), even when the discard fails too: they read the plugin's bytes.
+    /// A cache-file write failing over clean blocks drops them (they may
+    /// hold half of it), even when the discard fails too, and the write goes
+    /// to the plugin: they read the plugin's bytes.
     func testFailedWriteOverCleanBlocksDropsThemEvenWhenDiscardFails() throws {
         let r = try makeRig(RigConfig(), "failed write over clean blocks")
         r.cache(4 * B, at: 6 * B)
         XCTAssertEqual(r.e.states(6..<10), Array(repeating: .clean, count: 4))
         r.arm([.write, .discard], .always, .ioError, torn: true)
-        XCTAssertFalse(r.write(3 * B, at: 6 * B + 1000))
+        XCTAssertTrue(r.write(3 * B, at: 6 * B + 1000))
         XCTAssertEqual(r.e.states(6..<10), [.notCached, .notCached, .notCached, .notCached])
         XCTAssertGreaterThan(r.fs.failures(.discard), 0)
         r.disarm()
@@ -309,12 +312,13 @@ final class FaultInjectionTests: EngineTestCase {
         try verify(r)
     }
 
-    /// NBD_CMD_CACHE whose cache writes tear leaves the blocks uncached; a
-    /// later fill stores the plugin's bytes, never the torn half.
+    /// NBD_CMD_CACHE whose cache writes tear succeeds (keeping is
+    /// optional) and leaves the blocks uncached; a later fill stores the
+    /// plugin's bytes, never the torn half.
     func testCacheCommandWithTornWritesLeavesBlocksUncached() throws {
         let r = try makeRig(RigConfig(cacheOnRead: true), "NBD_CMD_CACHE with torn writes")
         r.arm([.write], .always, .noSpace, torn: true)
-        XCTAssertFalse(r.cache(4 * B, at: 4 * B))
+        XCTAssertTrue(r.cache(4 * B, at: 4 * B))
         XCTAssertEqual(r.e.states(4..<8), Array(repeating: .notCached, count: 4))
         XCTAssertEqual(r.e.cachedBytes, 0)
         r.disarm()
@@ -341,18 +345,25 @@ final class FaultInjectionTests: EngineTestCase {
         try verify(r)
     }
 
-    /// A write that must complete a block past HeldRanges.limit fails with
-    /// the cache file's errno when it cannot; the block keeps its 16 ranges.
+    /// A write that must complete a block past HeldRanges.limit: when
+    /// reading the held ranges fails, it fails with that errno and the block
+    /// keeps its 16 ranges; when storing the completed block fails, the
+    /// write goes to the plugin and the block forgets the bytes it wrote.
     func testEdgeCompletionPastTheHeldRangeLimitFailsCleanly() throws {
         let r = try makeRig(RigConfig(), "edge completion past HeldRanges.limit")
         prepare(r)
         let held = try XCTUnwrap(r.e.held(5))
         XCTAssertEqual(held.count, HeldRanges.limit)
-        for (kind, errno) in [(StorageCall.read, Errno.ioError), (.write, .noSpace), (.write, .diskQuotaExceeded)] {
-            r.arm([kind], .always, errno, torn: true)
-            XCTAssertFalse(r.write(100, at: 5 * B + 2000), "\(kind) \(errno)")
+        r.arm([.read], .always, .ioError, torn: true)
+        XCTAssertFalse(r.write(100, at: 5 * B + 2000), "read EIO")
+        XCTAssertEqual(r.e.state(ofBlock: 5), .partial)
+        XCTAssertEqual(r.e.held(5), held)
+        let released = held.reduce(into: HeldRanges(held[0])) { $0.insert($1) }.removing(2000..<2100)?.ranges
+        for errno in [Errno.noSpace, .diskQuotaExceeded] {
+            r.arm([.write], .always, errno, torn: true)
+            XCTAssertTrue(r.write(100, at: 5 * B + 2000), "write \(errno)")
             XCTAssertEqual(r.e.state(ofBlock: 5), .partial)
-            XCTAssertEqual(r.e.held(5), held)
+            XCTAssertEqual(r.e.held(5), released)
         }
         r.disarm()
         XCTAssertTrue(r.write(100, at: 5 * B + 2000))
@@ -361,8 +372,10 @@ final class FaultInjectionTests: EngineTestCase {
     }
 
     /// Past BlockMap.partialLimit partial blocks (4K blocks), a write into a
-    /// new block completes it from the plugin first: a failing cache file
-    /// fails it cleanly.
+    /// new block completes it from the plugin first: when the cache file
+    /// fails, the write goes to the plugin; when it is full once, room is
+    /// made (a quarter of the cache written back and dropped) and the write
+    /// is kept, as a partial block now that there is room for one.
     func testEdgeCompletionPastThePartialBlockLimitFailsCleanly() throws {
         let small: UInt64 = 4096
         let limit = UInt64(BlockMap.partialLimit)
@@ -373,18 +386,18 @@ final class FaultInjectionTests: EngineTestCase {
             XCTAssertTrue(r.write([UInt8(truncatingIfNeeded: block) | 1], at: block * small + 7))
         }
         XCTAssertEqual(r.e.partialBlockCount, BlockMap.partialLimit)
-        for (kind, errno) in [(StorageCall.write, Errno.noSpace), (.write, .ioError)] {
-            r.arm([kind], .always, errno, torn: true)
-            XCTAssertFalse(r.write(10, at: (limit + 1) * small + 100), "\(kind) \(errno)")
-            XCTAssertEqual(r.e.state(ofBlock: limit + 1), .notCached)
-        }
+        r.arm([.write], .always, .ioError, torn: true)
+        XCTAssertTrue(r.write(10, at: (limit + 1) * small + 100), "write EIO")
+        XCTAssertEqual(r.e.state(ofBlock: limit + 1), .notCached)
+        XCTAssertEqual(r.e.partialBlockCount, BlockMap.partialLimit, "no room is made for EIO")
         r.arm([.write], .next(1), .noSpace)
-        XCTAssertFalse(r.write(10, at: (limit + 2) * small + 100))
-        XCTAssertEqual(r.fs.failures(.write), 3)
+        XCTAssertTrue(r.write(10, at: (limit + 2) * small + 100))
+        XCTAssertEqual(r.fs.failures(.write), 2)
+        XCTAssertEqual(r.e.state(ofBlock: limit + 2), .partial, "kept once there was room (and partial room)")
+        XCTAssertEqual(r.e.partialBlockCount, BlockMap.partialLimit * 3 / 4 + 1, "a quarter made room")
         r.disarm()
         XCTAssertTrue(r.write(10, at: (limit + 1) * small + 100))
-        XCTAssertEqual(r.e.state(ofBlock: limit + 1), .dirty, "completed from the plugin")
-        XCTAssertEqual(r.e.partialBlockCount, BlockMap.partialLimit)
+        XCTAssertNotEqual(r.e.state(ofBlock: limit + 1), .notCached)
         try verify(r)
     }
 

@@ -261,8 +261,8 @@ final class ReadTests: EngineTestCase {
             assertBytes(b.allBytes, model, "\(mode): backend after flush")
         }
     }
-    /// Plugin data that is all zeroes is cached as a hole: the blocks are
-    /// clean (no second plugin read) but the cache file allocates nothing.
+    /// Plugin data that is all zeroes is kept as known zeroes (SPEC §8): no
+    /// second plugin read, nothing allocated, no room taken.
     func testZeroPluginDataIsCachedAsAHole() throws {
         var disk = [UInt8](repeating: 0, count: Int(MiB))
         disk.replaceSubrange(Int(4 * B)..<Int(5 * B), with: randomBytes(Int(B), seed: 40))
@@ -270,14 +270,18 @@ final class ReadTests: EngineTestCase {
         let b = MemoryBackend(bytes: disk)
         let e = try makeEngine(b, cacheOnRead: .always)
         assertBytes(try e.readBytes(0, 4 * B, b), Array(disk[..<Int(4 * B)]))
-        XCTAssertEqual(e.states(0..<4), Array(repeating: .clean, count: 4))
+        XCTAssertEqual(e.states(0..<4), Array(repeating: .zero, count: 4))
         XCTAssertEqual(e.allocatedBytes, 0, "four blocks of zeroes")
-        XCTAssertEqual(e.cachedBytes, 4 * B, "a hole still counts against cache-max-size")
+        XCTAssertEqual(e.cachedBytes, 0, "known zeroes take no room")
+        let reads = b.stats.reads
+        assertBytes(try e.readBytes(0, 4 * B, b), Array(disk[..<Int(4 * B)]))
+        XCTAssertEqual(b.stats.reads, reads, "known zeroes read nothing from the plugin")
         assertBytes(try e.readBytes(4 * B, 2 * B, b), Array(disk[Int(4 * B)..<Int(6 * B)]))
         XCTAssertGreaterThanOrEqual(e.allocatedBytes, 2 * B, "data is written")
         // Unaligned, through the staging buffer: block 6 of zeroes, block 7 too.
         assertBytes(try e.readBytes(6 * B + 10, Int(B), b), Array(disk[Int(6 * B) + 10..<Int(7 * B) + 10]))
         XCTAssertLessThan(e.allocatedBytes, 3 * B, "blocks 6 and 7 are holes")
+        XCTAssertEqual(e.states(4..<8), [.clean, .clean, .zero, .zero])
         // All from the cache now.
         assertBytes(try e.readBytes(0, 8 * B, b), Array(disk[..<Int(8 * B)]))
         XCTAssertEqual(b.stats.reads, 3)

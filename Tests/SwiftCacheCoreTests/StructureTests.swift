@@ -77,7 +77,7 @@ final class BlockMapTests: XCTestCase {
         XCTAssertEqual(map[3], .notCached)
         map[3] = .dirty
         XCTAssertEqual(map[3], .dirty)
-        XCTAssertTrue(map.cached[3], "dirty implies cached")
+        XCTAssertEqual(map.readRun(from: 3, to: 4).kind, .cached, "dirty implies cached")
         XCTAssertEqual(map.cachedCount, 1)
         XCTAssertEqual(map.dirtyCount, 1)
         map[3] = .dirty
@@ -120,8 +120,8 @@ final class BlockMapTests: XCTestCase {
         var map = BlockMap(blocks: 100)
         map.hold(100..<200, in: 5, length: 65536)
         XCTAssertEqual(map[5], .partial)
-        XCTAssertFalse(map.cached[5], "a partial block is not cached whole")
-        XCTAssertTrue(map.dirty[5])
+        XCTAssertEqual(map.readRun(from: 5, to: 6).kind, .uncached, "a partial block is not cached whole")
+        XCTAssertTrue(map[5].isDirty)
         XCTAssertEqual(map.cachedCount, 0)
         XCTAssertEqual(map.dirtyCount, 1)
         XCTAssertEqual(map.occupiedCount, 1, "but it occupies a block of the cache file")

@@ -37,10 +37,13 @@ final class ZeroTests: EngineTestCase {
         try e.zero(count: 200_000, at: 10_000, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(10_000..<210_000, with: repeatElement(0, count: 200_000))
 
-        // Bytes 10000..<210000: blocks 1 and 2 whole (dirty), blocks 0 and 3
-        // in part (partial: nothing is read). Nothing reaches the plugin.
+        // Bytes 10000..<210000: blocks 1 and 2 whole (dirty zeroes, no data
+        // stored), blocks 0 and 3 in part (partial: nothing is read). Nothing
+        // reaches the plugin.
         XCTAssertEqual(b.stats, BackendStats())
-        XCTAssertEqual(e.states(0..<5), [.partial, .dirty, .dirty, .partial, .notCached])
+        XCTAssertEqual(e.states(0..<5), [.partial, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .partial,
+                                         .notCached])
+        XCTAssertEqual(e.cachedBytes, 2 * B, "known zeroes take no room")
         XCTAssertEqual(e.held(0), [10_000..<UInt32(B)])
         XCTAssertEqual(e.held(3), [0..<UInt32(210_000 - 3 * B)])
         assertBytes(try e.readBytes(B, 2 * B, b), Array(model[Int(B)..<Int(3 * B)]), "whole zeroed blocks")
@@ -48,13 +51,14 @@ final class ZeroTests: EngineTestCase {
         assertBytes(b.allBytes, original, "backend before flush")
 
         // Flush: the partial blocks write exactly their zeroes, the whole
-        // blocks go as one run; no plugin read.
+        // blocks go as one plugin zero, allowed to trim (SPEC §8); no plugin read.
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.reads, 0)
-        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(10_000, B - 10_000), Req(B, 2 * B), Req(3 * B, 210_000 - 3 * B)])
-        XCTAssertEqual(b.stats.zeros, 0, "cached zeroes are written back as data (SPEC §4)")
+        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(10_000, B - 10_000), Req(3 * B, 210_000 - 3 * B)])
+        XCTAssertEqual(b.stats.zeroLog, [Req(B, 2 * B)])
+        XCTAssertEqual(b.stats.zeroesMayTrim, 1)
         XCTAssertEqual(b.stats.flushes, 1)
-        XCTAssertEqual(e.states(0..<5), [.notCached, .clean, .clean, .notCached, .notCached])
+        XCTAssertEqual(e.states(0..<5), [.notCached, .zero, .zero, .notCached, .notCached])
         XCTAssertEqual(e.dirtyBlockCount, 0)
         assertBytes(b.allBytes, model, "backend after flush")
         assertBytes(try e.readBytes(0, MiB, b), model, "read back")
@@ -70,9 +74,11 @@ final class ZeroTests: EngineTestCase {
         // the uncached rest; the zeroes come from the cache.
         assertBytes(try e.readBytes(0, MiB, b), model, "read back")
         XCTAssertEqual(b.stats.readLog.sorted(), [Req(0, B), Req(3 * B, B), Req(4 * B, 12 * B)])
-        XCTAssertEqual(e.states(0..<5), [.dirty, .dirty, .dirty, .dirty, .notCached])
+        XCTAssertEqual(e.states(0..<5), [.dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
+                                         .notCached])
         try e.flush(backend: b)
-        XCTAssertEqual(b.stats.writeLog, [Req(0, 4 * B)], "one run once the edges are whole")
+        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(0, B), Req(3 * B, B)], "the edges are whole")
+        XCTAssertEqual(b.stats.zeroLog, [Req(B, 2 * B)], "the zeroes between them one zero request")
         assertBytes(b.allBytes, model, "backend after flush")
     }
 
@@ -85,7 +91,9 @@ final class ZeroTests: EngineTestCase {
         try e.zero(count: 2 * B + 10, at: B - 5, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(Int(B) - 5..<Int(3 * B) + 5, with: repeatElement(0, count: Int(2 * B) + 10))
         XCTAssertEqual(b.stats.reads, reads, "cached blocks need no read-modify-write")
-        XCTAssertEqual(e.states(0..<5), [.dirty, .dirty, .dirty, .dirty, .notCached])
+        XCTAssertEqual(e.states(0..<5), [.dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
+                                         .notCached])
+        XCTAssertEqual(e.cachedBytes, 2 * B, "the zeroed blocks gave their room back")
         assertBytes(try e.readBytes(0, 4 * B, b), Array(model[..<Int(4 * B)]))
         try e.flush(backend: b)
         assertBytes(b.allBytes, model)
@@ -101,7 +109,7 @@ final class ZeroTests: EngineTestCase {
         XCTAssertEqual(b.stats.writes, 0)
         // Like a write: the partly zeroed edge blocks are read to be kept whole.
         XCTAssertEqual(Set(b.stats.readLog), [Req(0, B), Req(3 * B, B)])
-        XCTAssertEqual(e.states(0..<4), [.clean, .clean, .clean, .clean])
+        XCTAssertEqual(e.states(0..<4), [.clean, .zero, .zero, .clean])
         assertBytes(b.allBytes, model)
         assertBytes(try e.readBytes(0, MiB, b), model)
         XCTAssertEqual(b.stats.reads, 3, "blocks 0...3 from the cache, 4...15 in one plugin read")
@@ -124,7 +132,7 @@ final class ZeroTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         try e.zero(count: B, at: 2 * B, fua: true, mayTrim: true, fastZero: false, backend: b)
         XCTAssertEqual(b.stats.zeroLog, [Req(2 * B, B, fua: true)])
-        XCTAssertEqual(e.state(ofBlock: 2), .clean)
+        XCTAssertEqual(e.state(ofBlock: 2), .zero)
         assertBytes(b.bytes(2 * B, B), Array(repeating: 0, count: Int(B)))
         assertBytes(try e.readBytes(2 * B, B, b), Array(repeating: 0, count: Int(B)))
     }
