@@ -22,6 +22,10 @@ for p in cache cache-min-block-size cache-max-size cache-high-threshold \
         bad "help text does not mention $p="
     fi
 done
+# What is always on beyond the C filter (SPEC §8), one line each.
+for w in "known-zero blocks" "one cache per export" "when a connection closes" "full cache directory"; do
+    grep -q "$w" "$tmp/section" && ok "help mentions $w" || bad "help text does not mention $w"
+done
 # The three modes and the cache-on-read forms.
 for w in writeback writethrough unsafe; do
     grep -q "$w" "$tmp/section" || bad "help text does not mention mode $w"

@@ -27,25 +27,28 @@ extension BlockStore {
         let wanted = unoccupiedCount(in: blocks)
         var attempt = 0
         while true {
-            let step: ReserveStep = state.withLock { s in
-                let room = s.occupiedOrReserved < limit.high ? limit.high - s.occupiedOrReserved : 0
-                // Take what there is; reclaim only when there is none, and
-                // after a reclaim (ours or another's), take what it left.
-                if room > 0 || wanted == 0 || attempt == 2 {
-                    let granted = min(room, wanted)
-                    s.reserved += granted
-                    return .granted(granted)
+            // Every export's cache counts: cache-max-size limits them together.
+            let step: ReserveStep = budget.withTotal { total in
+                state.withLock { s in
+                    let room = total < limit.high ? limit.high - total : 0
+                    // Take what there is; reclaim only when there is none, and
+                    // after a reclaim (ours or another's), take what it left.
+                    if room > 0 || wanted == 0 || attempt == 2 {
+                        let granted = min(room, wanted)
+                        s.reserved += granted
+                        return .granted(granted)
+                    }
+                    if s.reclaiming { return .wait }
+                    s.reclaiming = true
+                    // Down to the low threshold once the wanted blocks are in (or empty).
+                    return .reclaim(total - (limit.low - min(wanted, limit.low)))
                 }
-                if s.reclaiming { return .wait }
-                s.reclaiming = true
-                return .reclaim
             }
             switch step {
             case .granted(let granted):
                 return Reservation(blocks: granted, chunk: prefix(of: blocks, unoccupiedAtMost: granted), store: self)
-            case .reclaim:
-                let target = limit.low - min(wanted, limit.low)
-                reclaim(to: target, owned: owned, backend: backend)
+            case .reclaim(let excess):
+                reclaim(excess, owned: owned, backend: backend)
                 state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
                 attempt = 2
             case .wait:
@@ -61,31 +64,30 @@ extension BlockStore {
     /// caller's own are kept, except `owned`, which it has finished with.
     func makeRoom(for wanted: UInt64, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
                   backend: some Backend) {
-        let target: UInt64? = state.withLock { s in
+        let count: UInt64? = state.withLock { s in
             guard !s.reclaiming else { return nil }
             s.reclaiming = true
             let occupied = s.map.occupiedCount
-            return s.occupiedOrReserved - min(occupied, max(2 * wanted, occupied / 4))
+            return min(occupied, max(2 * wanted, occupied / 4))
         }
-        guard let target else {
+        guard let count else {
             state.withLock(waitingFor: .reclaimEnded, until: { !$0.reclaiming }) { _ in }
             return
         }
-        reclaim(to: target, owned: owned, backend: backend)
+        reclaim(count, owned: owned, backend: backend)
         state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
     }
 
-    /// Drops blocks, least recently used first when cache-max-size keeps
-    /// that order, until the cache (with what is reserved) is down to
-    /// `target` blocks: victims other requests hold are skipped, never
-    /// waited for; dirty ones this connection cannot write back (read-only,
-    /// or past its end) are skipped too. Ends early when a round frees
-    /// nothing or a write-back fails.
-    private func reclaim(to target: UInt64, owned: Range<UInt64>, backend: some Backend) {
+    /// Drops `count` blocks of this cache, least recently used first when
+    /// cache-max-size keeps that order: victims other requests hold are
+    /// skipped, never waited for; dirty ones this connection cannot write
+    /// back (read-only, or past its end) are skipped too. Ends early when a
+    /// round frees nothing or a write-back fails.
+    private func reclaim(_ count: UInt64, owned: Range<UInt64>, backend: some Backend) {
         let runLimit = max(1, backend.transferLimit >> geometry.shift)
-        while true {
+        var left = count
+        while left > 0 {
             let victims: [UInt64] = state.withLock { s in
-                guard s.occupiedOrReserved > target else { return [] }
                 let canWrite = backend.canWrite
                 let reach = geometry.reach(connectionSize: backend.size, size: max(s.exportSize, backend.size))
                 let locks = s.locks, map = s.map
@@ -93,9 +95,8 @@ extension BlockStore {
                     (owned.contains(block) || !locks.isLocked(block))
                         && (!map[block].isDirty || canWrite && reach.contains(block))
                 }
-                let count = s.occupiedOrReserved - target
-                let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
-                    : s.map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
+                let chosen = limit != nil ? s.lru.victims(left, in: map, isEvictable: isEvictable)
+                    : s.map.victims(left, hand: &s.reclaimHand, isEvictable: isEvictable)
                 for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
                 return chosen
             }
@@ -117,6 +118,7 @@ extension BlockStore {
             }
             // A round that freed nothing would only pick the same blocks again.
             if failure != nil || stillDirty == victims.count { return }
+            left -= min(left, UInt64(victims.count - stillDirty))
         }
     }
 }
@@ -124,6 +126,7 @@ extension BlockStore {
 /// What a request looking for room does next.
 private enum ReserveStep {
     case granted(UInt64)
-    case reclaim
+    /// Reclaim this many blocks (the caches' total is that far above the target).
+    case reclaim(UInt64)
     case wait
 }

@@ -18,6 +18,8 @@ final class BlockStore: @unchecked Sendable {
     let debug: DebugLog
     /// How many write-back requests may be in flight at once.
     let writeBackThreads: Int
+    /// cache-max-size's account, shared with the other exports' caches.
+    let budget: CacheBudget
     let state: ConditionLock<State, BlockEvent>
 
     struct State {
@@ -42,7 +44,8 @@ final class BlockStore: @unchecked Sendable {
         let low: UInt64
     }
 
-    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int) {
+    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int,
+         budget: CacheBudget) {
         geometry = BlockGeometry(blockSize: max(config.minBlockSize, storage.fileSystemBlockSize))
         self.storage = storage
         self.debug = debug
@@ -56,6 +59,8 @@ final class BlockStore: @unchecked Sendable {
         // roughly the newer half of the cache.
         let capacity = config.maxSize.map { $0 >> shift } ?? 0
         state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2)))
+        self.budget = budget
+        budget.add(self)
     }
 
     // MARK: Locking blocks
@@ -103,6 +108,7 @@ final class BlockStore: @unchecked Sendable {
     func held(_ block: UInt64) -> HeldRanges? { state.withLock { $0.map.held(block) } }
 
     var occupiedBlocks: UInt64 { state.withLock { $0.map.occupiedCount } }
+    var occupiedOrReserved: UInt64 { state.withLock { $0.occupiedOrReserved } }
     var dirtyBlockCount: UInt64 { state.withLock { $0.map.dirtyCount } }
 
     /// Blocks not yet written back, and the bytes they hold (a partial block only its ranges).

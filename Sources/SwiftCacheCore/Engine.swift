@@ -1,6 +1,6 @@
 import SystemPackage
 
-/// The cache: one per filter, shared by every connection. Its request paths
+/// The cache of one export, shared by every connection to it. Its request paths
 /// (ReadPath, WritePath, Flush, Extents) decide what each request does and
 /// call down into the block layer (`BlockStore`), which alone changes block
 /// states; they never call each other, except that a FUA the plugin cannot
@@ -17,13 +17,15 @@ public final class Engine: @unchecked Sendable {
     let debug: DebugLog
 
     /// Builds the cache over `file`; fails on a configuration the core
-    /// cannot work with (see `CacheConfig.validate`).
-    public init(config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off,
-                writeBackThreads: Int = 1) throws(CacheError) {
+    /// cannot work with (see `CacheConfig.validate`). Caches of several
+    /// exports share one `budget`: cache-max-size limits them together.
+    public init(config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off, writeBackThreads: Int = 1,
+                budget: CacheBudget = CacheBudget()) throws(CacheError) {
         try config.validate()
         self.config = config
         self.debug = debug
-        blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads)
+        blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads,
+                            budget: budget)
     }
 
     var geometry: BlockGeometry { blocks.geometry }

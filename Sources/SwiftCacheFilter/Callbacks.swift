@@ -47,11 +47,13 @@ enum Callbacks {
         OpaquePointer?, Int32, UnsafePointer<CChar>?, Int32
     ) -> UnsafeMutableRawPointer? = { next, context, readonly, exportName, _ in
         guard let next, next(context, readonly, exportName) != -1 else { return nil }
-        guard let engine = SwiftCacheFilter.shared.currentEngine else {
-            Log.error("swiftcache: the cache is not ready")
+        do {
+            let engine = try SwiftCacheFilter.shared.cache(forExport: exportName.map { String(cString: $0) } ?? "")
+            return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
+        } catch {
+            Log.error("swiftcache: \(error)")
             return nil
         }
-        return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
     }
 
     static let close: @convention(c) (Handle) -> Void = { handle in

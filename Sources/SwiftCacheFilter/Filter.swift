@@ -8,12 +8,22 @@ import Glibc
 #endif
 
 /// The one filter instance, created when nbdkit loads us: the parameters
-/// while nbdkit configures, then the cache shared by every connection.
+/// while nbdkit configures, then one cache per export (SPEC §8), each
+/// shared by every connection to that export, and cache-max-size's budget
+/// shared by them all.
 final class SwiftCacheFilter: Sendable {
     static let shared = SwiftCacheFilter()
 
     private let config = Mutex(CacheConfig())
-    private let engine = Mutex<Engine?>(nil)
+    private let caches = Mutex<Caches?>(nil)
+
+    /// What `getReady` settles, and the caches made since, by export name.
+    private struct Caches {
+        let directory: String
+        let writeBackThreads: Int
+        let budget = CacheBudget()
+        var byExport: [String: Engine] = [:]
+    }
 
     func configure(key: String, value: String) -> Parameters.Outcome {
         config.withLock { Parameters.apply(key: key, value: value, to: &$0) }
@@ -25,41 +35,57 @@ final class SwiftCacheFilter: Sendable {
     /// (nbdkit's default number of threads per connection).
     static let writeBackThreads = 16
 
-    /// Creates the cache file in $TMPDIR (default /var/tmp) before nbdkit
-    /// serves anything, so a bad TMPDIR stops start-up. Write-back uses
-    /// threads of its own only if nbdkit's final thread model is parallel.
+    /// Checks that a cache file can be made in $TMPDIR (default /var/tmp)
+    /// before nbdkit serves anything, so a bad TMPDIR stops start-up; each
+    /// export's cache file is made there when it is first opened.
+    /// Write-back uses threads of its own only if nbdkit's final thread
+    /// model is parallel.
     func getReady(parallel: Bool) -> Bool {
         let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
+        let threads = parallel ? Self.writeBackThreads : 1
         do {
-            let file = try CacheFile(directory: directory)
-            let created = try Engine(config: settings, file: file, debug: Log.verbose,
-                                 writeBackThreads: parallel ? Self.writeBackThreads : 1)
-            let threads = parallel ? Self.writeBackThreads : 1
-            Log.debug("swiftcache: mode \(created.config.mode.rawValue), block size \(created.blockSize), "
-                      + "cache file in \(directory), up to \(threads) write-back requests at once")
-            engine.withLock { $0 = created }
-            return true
+            let probe = try Engine(config: settings, file: try CacheFile(directory: directory))
+            Log.debug("swiftcache: mode \(settings.mode.rawValue), block size \(probe.blockSize), "
+                      + "cache files in \(directory), up to \(threads) write-back requests at once")
         } catch {
             Log.error("swiftcache: \(error)")
             return false
         }
+        caches.withLock { $0 = Caches(directory: directory, writeBackThreads: threads) }
+        return true
     }
 
-    var currentEngine: Engine? { engine.withLock { $0 } }
+    /// The cache of export `name`, made when it is first opened.
+    func cache(forExport name: String) throws(CacheError) -> Engine {
+        let config = settings
+        return try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
+            guard var ready = caches else { throw CacheError(.ioError, "the cache is not ready") }
+            if let engine = ready.byExport[name] { return engine }
+            let engine = try Engine(config: config, file: try CacheFile(directory: ready.directory),
+                                    debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
+                                    budget: ready.budget)
+            ready.byExport[name] = engine
+            caches = ready
+            Log.debug("swiftcache: a cache for export \"\(name)\"")
+            return engine
+        }
+    }
 
-    /// nbdkit is exiting: dirty blocks still in the cache are lost with it,
+    /// nbdkit is exiting: dirty blocks still in a cache are lost with it,
     /// and said so (cache=unsafe, or write-backs that failed).
     func unload() {
-        guard let engine = engine.withLock({ $0.take() }) else { return }
-        let unwritten = engine.unwritten
-        if unwritten.blocks > 0 {
-            Log.error("swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) never "
-                      + "written back to the plugin: they are lost")
+        guard let caches = caches.withLock({ $0.take() }) else { return }
+        for (name, engine) in caches.byExport.sorted(by: { $0.key < $1.key }) {
+            let unwritten = engine.unwritten
+            if unwritten.blocks > 0 {
+                Log.error("swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) of "
+                          + "export \"\(name)\" never written back to the plugin: they are lost")
+            }
         }
     }
 }
 
-/// Per-connection handle: the shared cache and what this connection's
+/// Per-connection handle: its export's cache and what this connection's
 /// plugin context can do.
 final class Connection: @unchecked Sendable {
     let engine: Engine

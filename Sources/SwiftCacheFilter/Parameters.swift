@@ -18,6 +18,12 @@ enum Parameters {
                                     Set to true to cache on reads, or to an
                                     absolute path to cache on reads while
                                     that file exists (default false).
+        Always on, beyond nbdkit's cache filter:
+          known-zero blocks: zeroes are kept without data, take no room,
+            and are written back as plugin zero requests;
+          one cache per export (cache-max-size limits them together);
+          writeback writes dirty blocks back when a connection closes;
+          a full cache directory sends requests to the plugin, not errors.
         """
 
     enum Outcome { case handled, notOurs, failed }

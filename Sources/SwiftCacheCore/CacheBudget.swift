@@ -1,0 +1,18 @@
+/// What cache-max-size limits: the blocks every export's cache holds or has
+/// reserved, together. Each export has a cache of its own (`Engine`, its
+/// `BlockStore` and cache file); they share one budget, which lets one
+/// reservation at a time count them all.
+public final class CacheBudget: @unchecked Sendable {
+    private let stores = Lock<[BlockStore]>([])
+
+    public init() {}
+
+    func add(_ store: BlockStore) { stores.withLock { $0.append(store) } }
+
+    /// Runs `body` with the blocks all the caches hold or have reserved;
+    /// no other reservation is made meanwhile. The caller holds no store's
+    /// lock (this takes each in turn).
+    func withTotal<T>(_ body: (UInt64) -> T) -> T {
+        stores.withLock { stores in body(stores.reduce(0) { $0 + $1.occupiedOrReserved }) }
+    }
+}
