@@ -175,5 +175,6 @@ extension BlockStore {
         do { try backend.writeAll(bytes, at: offset, fua: false) } catch {
             throw CacheError(error, "plugin write of \(bytes.count) bytes at \(offset) (write back)")
         }
+        statistics.wroteBack(offset..<offset + UInt64(bytes.count), in: geometry)
     }
 }

@@ -18,18 +18,24 @@ final class BlockStore: @unchecked Sendable {
     let debug: DebugLog
     /// How many write-back requests may be in flight at once.
     let writeBackThreads: Int
+    let statistics: Statistics
     let state: ConditionLock<State, BlockEvent>
 
     struct State {
         /// The size the last connection to open saw.
         var exportSize: UInt64 = 0
-        var map = BlockMap(blocks: 0)
+        /// Each change reaches the statistics' gauges (see `BlockGauges`).
+        var map = BlockMap(blocks: 0) {
+            didSet { gauges.update(occupied: map.occupiedCount, dirty: map.dirtyCount) }
+        }
         var lru: LRU
         var locks = RangeLocks()
         /// Blocks set aside by requests about to store new blocks.
         var reserved: UInt64 = 0
         /// One thread reclaims at a time.
         var reclaiming = false
+        /// What the statistics' gauges last heard of `map`.
+        var gauges: BlockGauges
 
         var occupiedOrReserved: UInt64 { map.occupiedCount + reserved }
     }
@@ -40,11 +46,13 @@ final class BlockStore: @unchecked Sendable {
         let low: UInt64
     }
 
-    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int) {
+    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int,
+         statistics: Statistics) {
         geometry = BlockGeometry(blockSize: max(config.minBlockSize, storage.fileSystemBlockSize))
         self.storage = storage
         self.debug = debug
         self.writeBackThreads = max(1, writeBackThreads)
+        self.statistics = statistics
         let shift = geometry.shift
         limit = config.maxSize.map { maxSize in
             let high = max(1, percent(config.highThreshold, of: maxSize) >> shift)
@@ -53,7 +61,8 @@ final class BlockStore: @unchecked Sendable {
         // A generation is half of what the cache may hold: "recent" then means
         // roughly the newer half of the cache.
         let capacity = config.maxSize.map { $0 >> shift } ?? 0
-        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2)))
+        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2),
+                                    gauges: BlockGauges(statistics: statistics, blockShift: shift)))
     }
 
     // MARK: Locking blocks

@@ -15,16 +15,23 @@ public final class Engine: @unchecked Sendable {
     public let config: CacheConfig
     let blocks: BlockStore
     let debug: DebugLog
+    /// What this engine does and holds is counted here, with other engines
+    /// sharing the same object (one per export).
+    public let statistics: Statistics
 
     /// Builds the cache over `file`; fails on a configuration the core
     /// cannot work with (see `CacheConfig.validate`).
     public init(config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off,
-                writeBackThreads: Int = 1) throws(CacheError) {
+                writeBackThreads: Int = 1, statistics: Statistics = Statistics()) throws(CacheError) {
         try config.validate()
         self.config = config
         self.debug = debug
-        blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads)
+        self.statistics = statistics
+        blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads,
+                            statistics: statistics)
     }
+
+    deinit { blocks.leaveStatistics() }
 
     var geometry: BlockGeometry { blocks.geometry }
 

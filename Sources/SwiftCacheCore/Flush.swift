@@ -6,6 +6,11 @@ import SystemPackage
 /// error.
 extension Engine {
     public func flush(backend: some Backend) throws(CacheError) {
+        try writeBackAndFlush(backend: counting(.flush, backend))
+    }
+
+    /// The flush itself, also run after a write whose FUA becomes a flush.
+    func writeBackAndFlush(backend: some Backend) throws(CacheError) {
         guard config.mode != .unsafe else { return }
         var firstError = blocks.writeBackAll(backend: backend)
         if backend.canFlush {
