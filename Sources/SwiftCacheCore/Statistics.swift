@@ -11,7 +11,7 @@ import SystemPackage
 /// cheap on the request path.
 public final class Statistics: Sendable {
     /// The requests the engine counts as they come in, one counter each.
-    public enum Request: Sendable, CaseIterable {
+    enum Request {
         case read, write, zero, trim, flush, extents, cache
     }
 
