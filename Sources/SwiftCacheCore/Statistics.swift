@@ -141,7 +141,9 @@ public final class Statistics: Sendable {
         /// Requests by kind, as clients sent them.
         public var reads: UInt64 = 0, writes: UInt64 = 0, zeroes: UInt64 = 0, trims: UInt64 = 0
         public var flushes: UInt64 = 0, extents: UInt64 = 0, caches: UInt64 = 0
-        /// Blocks reads found in the cache, and the bytes the reads took from them.
+        /// Blocks reads found in the cache, and the bytes the reads took from
+        /// them. A partial block that a read completes from the plugin and
+        /// keeps counts as a hit (its plugin bytes count as plugin reads).
         public var hitBlocks: UInt64 = 0, hitBytes: UInt64 = 0
         /// Blocks reads had to get from the plugin, and the bytes the reads took from them.
         public var missBlocks: UInt64 = 0, missBytes: UInt64 = 0

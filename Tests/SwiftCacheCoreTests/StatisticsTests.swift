@@ -74,6 +74,16 @@ final class StatisticsTests: EngineTestCase {
         XCTAssertEqual(s.cachedBytes, 0)
     }
 
+    func testAPartialBlockCompletedForAReadAndKeptIsAHit() throws {
+        let b = MemoryBackend(size: MiB, seed: 518)
+        let e = try makeEngine(b, mode: .writeback)
+        try e.writeBytes(randomBytes(100, seed: 519), at: 10, b)
+        _ = try e.readBytes(0, 4096, b)
+        let s = e.statistics.snapshot()
+        XCTAssertEqual([s.hitBlocks, s.hitBytes, s.missBlocks, s.pluginReadBytes], [1, 4096, 0, B])
+        XCTAssertEqual(e.states(0..<1), [.dirty])
+    }
+
     func testPluginBytesCountEveryPathThatMovesData() throws {
         let b = MemoryBackend(size: MiB, seed: 503)
         let e = try makeEngine(b, mode: .writethrough)
