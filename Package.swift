@@ -14,8 +14,9 @@ let package = Package(
         // The installed <nbdkit-filter.h>, imported as-is so the filter table
         // always matches the nbdkit that loads us.
         .systemLibrary(name: "CNBDKit", pkgConfig: "nbdkit"),
-        // `int swiftcache_debug_verbose`, found by nbdkit with dlsym for
-        // `-D swiftcache.verbose=1` (Swift cannot export a C variable).
+        // `int swiftcache_debug_verbose` and `swiftcache_debug_stats`, found by
+        // nbdkit with dlsym for `-D swiftcache.verbose=1` and `-D swiftcache.stats=1`
+        // (Swift cannot export a C variable).
         .target(name: "CSwiftCacheDebug"),
         // mkostemp and fallocate, which need _GNU_SOURCE.
         .target(name: "CLinux"),
@@ -28,7 +29,7 @@ let package = Package(
         // The C ABI: nbdkit callbacks, parameters and `next` adapted to the core.
         .target(
             name: "SwiftCacheFilter",
-            dependencies: ["CNBDKit", "CSwiftCacheDebug", "SwiftCacheCore",
+            dependencies: ["CNBDKit", "CSwiftCacheDebug", "CLinux", "SwiftCacheCore",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(

@@ -15,7 +15,7 @@ sed -n '/^filter:/,/^plugin:/p' "$tmp/help" >"$tmp/section"
 sed 's/^/    | /' "$tmp/section" >&2
 
 for p in cache cache-min-block-size cache-max-size cache-high-threshold \
-         cache-low-threshold cache-on-read; do
+         cache-low-threshold cache-on-read cache-stats; do
     if grep -Eq "(^|[^a-z-])$p=" "$tmp/section"; then
         ok "help mentions $p="
     else

@@ -36,15 +36,18 @@ for i in range(2000):
     data = bytes([i % 251 + 1]) * 4096
     h.pwrite(data, off); model[off:off + 4096] = data
 '
-# The log filter shows the reads before the first write: the write-back
-# as the connection closes (SPEC §8) reads to complete partial blocks.
+# The log filter shows the reads before a trim (which goes straight to the
+# plugin) that marks the end of the writes: the write-back as the
+# connection closes (SPEC §8) reads to complete partial blocks.
 start_nbdkit random --filter="$FILTER" --filter=log memory 64M logfile="$tmp/random.log" cache=writeback
 py - "$uri" <<<"$WRITES"'
+h.trim(65536, (64 << 20) - 65536)
 h.shutdown()
 '
 stop_nbdkit random
-r=$(awk '/ connection=1 Write /{exit} / connection=1 Read /{n++} END{print n+0}' "$tmp/random.log")
-log "2000 random 4K writes into a cold cache: plugin reads $r before the write-back at disconnect"
+grep -q ' connection=1 Trim ' "$tmp/random.log" || bad "no trim marker in the plugin log"
+r=$(awk '/ connection=1 Trim /{exit} / connection=1 Read /{n++} END{print n+0}' "$tmp/random.log")
+log "2000 random 4K writes into a cold cache: plugin reads $r before the end of the writes"
 [ "$r" -eq 0 ] && ok "writes read nothing from the plugin" || bad "the writes made $r plugin reads"
 run random-data "cache=writeback" "$WRITES"'
 for off in range(0, 32 << 20, 1 << 20):

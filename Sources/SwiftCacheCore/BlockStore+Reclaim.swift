@@ -111,6 +111,7 @@ extension BlockStore {
             }
             debug.blocks("reclaim:", clean)
             dropUnchecked(clean)
+            statistics.reclaimed(blocks: victims.count - stillDirty)
             state.withLock(signalling: .blocksReleased) { s in
                 for block in victims where !owned.contains(block) {
                     s.locks.release(block..<block + 1, exclusive: true)

@@ -122,6 +122,7 @@ extension BlockStore {
             done = piece.upperBound
         }
         debug.blocks("written back as zeroes:", reached)
+        statistics.wroteBack(span, in: geometry)
         state.withLock { s in
             for block in reached where s.map[block].isZero { s.map[block] = .zero }
         }
@@ -209,5 +210,6 @@ extension BlockStore {
         do { try backend.writeAll(bytes, at: offset, fua: false) } catch {
             throw CacheError(error, "plugin write of \(bytes.count) bytes at \(offset) (write back)")
         }
+        statistics.wroteBack(offset..<offset + UInt64(bytes.count), in: geometry)
     }
 }

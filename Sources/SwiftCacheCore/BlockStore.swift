@@ -20,12 +20,16 @@ final class BlockStore: @unchecked Sendable {
     let writeBackThreads: Int
     /// cache-max-size's account, shared with the other exports' caches.
     let budget: CacheBudget
+    let statistics: Statistics
     let state: ConditionLock<State, BlockEvent>
 
     struct State {
         /// The size the last connection to open saw.
         var exportSize: UInt64 = 0
-        var map = BlockMap(blocks: 0)
+        /// Each change reaches the statistics' gauges (see `BlockGauges`).
+        var map = BlockMap(blocks: 0) {
+            didSet { gauges.update(occupied: map.occupiedCount, dirty: map.dirtyCount, zero: map.zeroCount) }
+        }
         var lru: LRU
         var locks = RangeLocks()
         /// Blocks set aside by requests about to store new blocks.
@@ -34,6 +38,8 @@ final class BlockStore: @unchecked Sendable {
         var reclaiming = false
         /// Where the last reclaim without an LRU order stopped.
         var reclaimHand: UInt64 = 0
+        /// What the statistics' gauges last heard of `map`.
+        var gauges: BlockGauges
 
         var occupiedOrReserved: UInt64 { map.occupiedCount + reserved }
     }
@@ -45,11 +51,12 @@ final class BlockStore: @unchecked Sendable {
     }
 
     init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int,
-         budget: CacheBudget) {
+         budget: CacheBudget, statistics: Statistics) {
         geometry = BlockGeometry(blockSize: max(config.minBlockSize, storage.fileSystemBlockSize))
         self.storage = storage
         self.debug = debug
         self.writeBackThreads = max(1, writeBackThreads)
+        self.statistics = statistics
         let shift = geometry.shift
         limit = config.maxSize.map { maxSize in
             let high = max(1, percent(config.highThreshold, of: maxSize) >> shift)
@@ -58,7 +65,8 @@ final class BlockStore: @unchecked Sendable {
         // A generation is half of what the cache may hold: "recent" then means
         // roughly the newer half of the cache.
         let capacity = config.maxSize.map { $0 >> shift } ?? 0
-        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2)))
+        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2),
+                                    gauges: BlockGauges(statistics: statistics, blockShift: shift)))
         self.budget = budget
         budget.add(self)
     }

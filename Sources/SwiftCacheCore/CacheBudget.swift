@@ -3,16 +3,24 @@
 /// `BlockStore` and cache file); they share one budget, which lets one
 /// reservation at a time count them all.
 public final class CacheBudget: @unchecked Sendable {
-    private let stores = Lock<[BlockStore]>([])
+    /// Weak: a cache that goes leaves the budget (and closes its file).
+    private struct Member {
+        weak var store: BlockStore?
+    }
+
+    private let members = Lock<[Member]>([])
 
     public init() {}
 
-    func add(_ store: BlockStore) { stores.withLock { $0.append(store) } }
+    func add(_ store: BlockStore) { members.withLock { $0.append(Member(store: store)) } }
 
     /// Runs `body` with the blocks all the caches hold or have reserved;
     /// no other reservation is made meanwhile. The caller holds no store's
     /// lock (this takes each in turn).
     func withTotal<T>(_ body: (UInt64) -> T) -> T {
-        stores.withLock { stores in body(stores.reduce(0) { $0 + $1.occupiedOrReserved }) }
+        members.withLock { members in
+            members.removeAll { $0.store == nil }
+            return body(members.reduce(0) { $0 + ($1.store?.occupiedOrReserved ?? 0) })
+        }
     }
 }

@@ -15,18 +15,24 @@ public final class Engine: @unchecked Sendable {
     public let config: CacheConfig
     let blocks: BlockStore
     let debug: DebugLog
+    /// What this engine does and holds is counted here, with other engines
+    /// sharing the same object (one per export).
+    public let statistics: Statistics
 
     /// Builds the cache over `file`; fails on a configuration the core
     /// cannot work with (see `CacheConfig.validate`). Caches of several
     /// exports share one `budget`: cache-max-size limits them together.
     public init(config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off, writeBackThreads: Int = 1,
-                budget: CacheBudget = CacheBudget()) throws(CacheError) {
+                budget: CacheBudget = CacheBudget(), statistics: Statistics = Statistics()) throws(CacheError) {
         try config.validate()
         self.config = config
         self.debug = debug
+        self.statistics = statistics
         blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads,
-                            budget: budget)
+                            budget: budget, statistics: statistics)
     }
+
+    deinit { blocks.leaveStatistics() }
 
     var geometry: BlockGeometry { blocks.geometry }
 

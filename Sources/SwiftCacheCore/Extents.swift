@@ -12,6 +12,7 @@ import SystemPackage
 extension Engine {
     public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool,
                         backend: some Backend) throws(CacheError) -> [Extent] {
+        let backend = counting(.extents, backend)
         guard count > 0 else { return [] }
         try checkBounds(offset: offset, count: count, backend: backend)
         let covered = geometry.blocks(covering: offset, count: count)

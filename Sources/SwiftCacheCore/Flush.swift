@@ -6,6 +6,11 @@ import SystemPackage
 /// error.
 extension Engine {
     public func flush(backend: some Backend) throws(CacheError) {
+        try writeBackAndFlush(backend: counting(.flush, backend))
+    }
+
+    /// The flush itself, also run after a write whose FUA becomes a flush.
+    func writeBackAndFlush(backend: some Backend) throws(CacheError) {
         guard config.mode != .unsafe else { return }
         var firstError = blocks.writeBackAll(backend: backend)
         if backend.canFlush {
@@ -23,7 +28,9 @@ extension Engine {
     /// a read-only connection cannot write them.
     public func connectionClosing(backend: some Backend) throws(CacheError) {
         guard config.mode == .writeback, backend.canWrite, blocks.dirtyBlockCount > 0 else { return }
-        if let error = blocks.writeBackAll(backend: backend) { throw error }
+        if let error = blocks.writeBackAll(backend: CountedBackend(plugin: backend, statistics: statistics)) {
+            throw error
+        }
     }
 
     /// Dirty blocks never written back, and the bytes they hold: what is

@@ -6,12 +6,14 @@ import SystemPackage
 extension Engine {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
                      backend: some Backend) throws(CacheError) {
+        let backend = counting(.read, backend)
         try load(offset: offset, count: UInt64(buffer.count), into: buffer, keep: config.cacheOnRead.isOn,
                  backend: backend)
     }
 
     /// NBD_CMD_CACHE: brings the range into the cache, whatever cache-on-read says.
     public func cache(count: UInt64, at offset: UInt64, backend: some Backend) throws(CacheError) {
+        let backend = counting(.cache, backend)
         try load(offset: offset, count: count, into: nil, keep: true, backend: backend)
     }
 
@@ -58,6 +60,9 @@ extension Engine {
             let (kind, end) = blocks.readRun(from: cursor, to: read.locked.upperBound)
             let run = cursor..<end
             let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
+            if read.buffer != nil {
+                statistics.served(blocks: run.count, bytes: span.count, fromCache: kind != .uncached)
+            }
             switch kind {
             case .uncached:
                 try uncached(run)

@@ -12,6 +12,7 @@ import SystemPackage
 extension Engine {
     public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool,
                       backend: some Backend) throws(CacheError) {
+        let backend = counting(.write, backend)
         try store(.data(data), at: offset, fua: fua, backend: backend)
     }
 
@@ -21,6 +22,7 @@ extension Engine {
     /// faster than writing.
     public func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool, fastZero: Bool,
                      backend: some Backend) throws(CacheError) {
+        let backend = counting(.zero, backend)
         if fastZero { throw CacheError(.notSupported, "fast zero is not supported by the cache") }
         try store(.zeroes(count: count, mayTrim: mayTrim), at: offset, fua: fua, backend: backend)
     }
@@ -45,7 +47,7 @@ extension Engine {
                 try storeBack(payload, write, write.locked, through: false, backend: backend, in: held)
             }
         }
-        if flushAfter { try flush(backend: backend) }
+        if flushAfter { try writeBackAndFlush(backend: backend) }
     }
 
     /// Stores the write's bytes in `range` of its blocks as dirty: whole
@@ -278,6 +280,7 @@ extension Engine {
     /// blocks stay dirty.
     public func trim(count: UInt64, at offset: UInt64, fua requestedFUA: Bool,
                      backend: some Backend) throws(CacheError) {
+        let backend = counting(.trim, backend)
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
         let flushAfter = requestedFUA && (config.mode == .unsafe || backend.fuaMode != .native)
@@ -303,7 +306,7 @@ extension Engine {
             blocks.drop(stale, in: held)
         }
         if let failure { throw failure }
-        if flushAfter { try flush(backend: backend) }
+        if flushAfter { try writeBackAndFlush(backend: backend) }
     }
 }
 

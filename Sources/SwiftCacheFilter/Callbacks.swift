@@ -28,12 +28,16 @@ enum Callbacks {
     static let configComplete: @convention(c) (
         (@convention(c) (OpaquePointer?) -> Int32)?, OpaquePointer?
     ) -> Int32 = { next, backend in
-        guard Parameters.check(SwiftCacheFilter.shared.settings) else { return -1 }
+        guard Parameters.check(SwiftCacheFilter.shared.settings.cache) else { return -1 }
         return next?(backend) ?? -1
     }
 
     static let getReady: @convention(c) (Int32) -> Int32 = { threadModel in
         SwiftCacheFilter.shared.getReady(parallel: threadModel == NBDKIT_THREAD_MODEL_PARALLEL) ? 0 : -1
+    }
+
+    static let afterFork: @convention(c) (OpaquePointer?) -> Int32 = { _ in
+        SwiftCacheFilter.shared.afterFork() ? 0 : -1
     }
 
     static let unload: @convention(c) () -> Void = {

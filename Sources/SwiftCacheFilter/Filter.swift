@@ -14,8 +14,12 @@ import Glibc
 final class SwiftCacheFilter: Sendable {
     static let shared = SwiftCacheFilter()
 
-    private let config = Mutex(CacheConfig())
+    private let parameters = Mutex(Parameters.Settings())
     private let caches = Mutex<Caches?>(nil)
+    /// What every export's cache does, from start-up to exit.
+    private let statistics = Statistics()
+    /// `cache-stats=FILE`, once nbdkit is ready.
+    private let statsFile = Mutex<StatsFile?>(nil)
 
     /// What `getReady` settles, and the caches made since, by export name.
     private struct Caches {
@@ -26,44 +30,63 @@ final class SwiftCacheFilter: Sendable {
     }
 
     func configure(key: String, value: String) -> Parameters.Outcome {
-        config.withLock { Parameters.apply(key: key, value: value, to: &$0) }
+        parameters.withLock { Parameters.apply(key: key, value: value, to: &$0) }
     }
 
-    var settings: CacheConfig { config.withLock { $0 } }
+    var settings: Parameters.Settings { parameters.withLock { $0 } }
 
     /// Write-back requests in flight at once under the parallel thread model
     /// (nbdkit's default number of threads per connection).
     static let writeBackThreads = 16
 
-    /// Checks that a cache file can be made in $TMPDIR (default /var/tmp)
-    /// before nbdkit serves anything, so a bad TMPDIR stops start-up; each
-    /// export's cache file is made there when it is first opened.
-    /// Write-back uses threads of its own only if nbdkit's final thread
-    /// model is parallel.
+    /// Creates the default export's cache file in $TMPDIR (default
+    /// /var/tmp), and the cache-stats file, before nbdkit serves anything,
+    /// so a bad TMPDIR or cache-stats path stops start-up; other exports'
+    /// cache files are made there when they are first opened. Write-back
+    /// uses threads of its own only if nbdkit's final thread model is parallel.
     func getReady(parallel: Bool) -> Bool {
         let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
+        let settings = settings
         let threads = parallel ? Self.writeBackThreads : 1
+        caches.withLock { $0 = Caches(directory: directory, writeBackThreads: threads) }
         do {
-            let probe = try Engine(config: settings, file: try CacheFile(directory: directory))
-            Log.debug("swiftcache: mode \(settings.mode.rawValue), block size \(probe.blockSize), "
-                      + "cache files in \(directory), up to \(threads) write-back requests at once")
+            let defaultExport = try cache(forExport: "")
+            let stats = try settings.statsPath.map { path throws(CacheError) in
+                try StatsFile(path: path, statistics: statistics)
+            }
+            Log.debug("swiftcache: mode \(settings.cache.mode.rawValue), block size \(defaultExport.blockSize), "
+                      + "cache files in \(directory), up to \(threads) write-back requests at once"
+                      + (stats.map { ", statistics in \($0.path)" } ?? ""))
+            statsFile.withLock { $0 = stats }
+            return true
         } catch {
             Log.error("swiftcache: \(error)")
             return false
         }
-        caches.withLock { $0 = Caches(directory: directory, writeBackThreads: threads) }
-        return true
+    }
+
+    /// Starts the cache-stats writer: nbdkit may have forked into the
+    /// background since `getReady`, and threads do not survive a fork.
+    func afterFork() -> Bool {
+        guard let file = statsFile.withLock({ $0 }) else { return true }
+        do {
+            try file.start()
+            return true
+        } catch {
+            Log.error("swiftcache: \(error)")
+            return false
+        }
     }
 
     /// The cache of export `name`, made when it is first opened.
     func cache(forExport name: String) throws(CacheError) -> Engine {
-        let config = settings
+        let config = settings.cache
         return try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
             guard var ready = caches else { throw CacheError(.ioError, "the cache is not ready") }
             if let engine = ready.byExport[name] { return engine }
             let engine = try Engine(config: config, file: try CacheFile(directory: ready.directory),
                                     debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
-                                    budget: ready.budget)
+                                    budget: ready.budget, statistics: statistics)
             ready.byExport[name] = engine
             caches = ready
             Log.debug("swiftcache: a cache for export \"\(name)\"")
@@ -72,8 +95,12 @@ final class SwiftCacheFilter: Sendable {
     }
 
     /// nbdkit is exiting: dirty blocks still in a cache are lost with it,
-    /// and said so (cache=unsafe, or write-backs that failed).
+    /// and said so (cache=unsafe, or write-backs that failed); the last
+    /// statistics report goes to the cache-stats file and, with
+    /// `-D swiftcache.stats=1`, to the log.
     func unload() {
+        let file = statsFile.withLock { $0.take() }
+        file?.stop()
         guard let caches = caches.withLock({ $0.take() }) else { return }
         for (name, engine) in caches.byExport.sorted(by: { $0.key < $1.key }) {
             let unwritten = engine.unwritten
@@ -82,6 +109,9 @@ final class SwiftCacheFilter: Sendable {
                           + "export \"\(name)\" never written back to the plugin: they are lost")
             }
         }
+        let final = statistics.snapshot()
+        file?.write(final)
+        Log.statistics(final.report)
     }
 }
 

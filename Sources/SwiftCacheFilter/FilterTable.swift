@@ -17,10 +17,11 @@ enum FilterTable {
             """)
         filter.config_help = cString(Parameters.help)
 
-        filter.unload = Callbacks.unload                  // Filter.swift
+        filter.unload = Callbacks.unload                  // Filter.swift: last statistics report
         filter.config = Callbacks.config                  // Parameters.swift
         filter.config_complete = Callbacks.configComplete
-        filter.get_ready = Callbacks.getReady             // creates the cache file
+        filter.get_ready = Callbacks.getReady             // creates the cache file and the cache-stats file
+        filter.after_fork = Callbacks.afterFork           // starts the cache-stats writer (StatsFile.swift)
 
         filter.open = Callbacks.open                      // per-connection handle
         filter.close = Callbacks.close

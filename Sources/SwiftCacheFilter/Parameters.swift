@@ -1,6 +1,10 @@
 import CNBDKit
 import SwiftCacheCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The filter's parameters: names, defaults and checks as nbdkit's cache
 /// filter has them, parsed with nbdkit's own rules.
 enum Parameters {
@@ -18,6 +22,8 @@ enum Parameters {
                                     Set to true to cache on reads, or to an
                                     absolute path to cache on reads while
                                     that file exists (default false).
+        cache-stats=FILE            Keep a report of the cache's statistics
+                                    in FILE, updated at most once a second.
         Always on, beyond nbdkit's cache filter:
           known-zero blocks: zeroes are kept without data, take no room,
             and are written back as plugin zero requests;
@@ -28,26 +34,33 @@ enum Parameters {
 
     enum Outcome { case handled, notOurs, failed }
 
+    /// What the parameters set: the cache's configuration and the filter's own.
+    struct Settings {
+        var cache = CacheConfig()
+        /// `cache-stats=FILE`, made absolute.
+        var statsPath: String?
+    }
+
     /// Applies one `key=value`; keys that are not ours go to the plugin.
-    static func apply(key: String, value: String, to config: inout CacheConfig) -> Outcome {
+    static func apply(key: String, value: String, to settings: inout Settings) -> Outcome {
         switch key {
         case "cache":
             guard let mode = CacheMode(rawValue: value) else {
                 return fail("cache=\(value): must be writeback, writethrough or unsafe")
             }
-            config.mode = mode
+            settings.cache.mode = mode
         case "cache-min-block-size":
             let size = nbdkit_parse_size(value)
             guard size != -1 else { return fail("cache-min-block-size=\(value): not a size") }
             guard size >= 4096, size <= Int64(UInt32.max), size.nonzeroBitCount == 1 else {
                 return fail("cache-min-block-size=\(value): must be a power of 2, at least 4096 and at most 4G-1")
             }
-            config.minBlockSize = UInt64(size)
+            settings.cache.minBlockSize = UInt64(size)
         case "cache-max-size":
             let size = nbdkit_parse_size(value)
             guard size != -1 else { return fail("cache-max-size=\(value): not a size") }
             guard size >= 1 << 20 else { return fail("cache-max-size=\(value): too small, must be at least 1M") }
-            config.maxSize = UInt64(size)
+            settings.cache.maxSize = UInt64(size)
         case "cache-high-threshold", "cache-low-threshold":
             var percent: UInt32 = 0
             guard nbdkit_parse_unsigned(key, value, &percent) != -1 else {
@@ -55,18 +68,25 @@ enum Parameters {
             }
             guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
             if key == "cache-high-threshold" {
-                config.highThreshold = UInt64(percent)
+                settings.cache.highThreshold = UInt64(percent)
             } else {
-                config.lowThreshold = UInt64(percent)
+                settings.cache.lowThreshold = UInt64(percent)
             }
         case "cache-on-read":
             if value.hasPrefix("/") {
-                config.cacheOnRead = .whilePathExists(value)
+                settings.cache.cacheOnRead = .whilePathExists(value)
             } else {
                 let on = nbdkit_parse_bool(value)
                 guard on != -1 else { return fail("cache-on-read=\(value): must be true, false or an absolute /PATH") }
-                config.cacheOnRead = on == 1 ? .always : .never
+                settings.cache.cacheOnRead = on == 1 ? .always : .never
             }
+        case "cache-stats":
+            // Absolute: nbdkit changes directory when it forks into the background.
+            guard !value.isEmpty, let absolute = nbdkit_absolute_path(value) else {
+                return fail("cache-stats=\(value): must name a file")
+            }
+            settings.statsPath = String(cString: absolute)
+            free(absolute)
         default:
             return .notOurs
         }

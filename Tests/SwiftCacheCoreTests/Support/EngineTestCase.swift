@@ -32,6 +32,7 @@ class EngineTestCase: XCTestCase {
     func makeEngine(_ backend: MemoryBackend, size: UInt64? = nil, mode: CacheMode = .writeback,
                     cacheOnRead: CacheOnRead = .never, maxSize: UInt64? = nil,
                     minBlockSize: UInt64 = B, writeBackThreads: Int = 1, budget: CacheBudget = CacheBudget(),
+                    statistics: Statistics = Statistics(),
                     configure: (inout CacheConfig) -> Void = { _ in },
                     file: StaticString = #filePath, line: UInt = #line) throws -> Engine {
         backends.append(backend)
@@ -42,7 +43,8 @@ class EngineTestCase: XCTestCase {
         config.minBlockSize = minBlockSize
         configure(&config)
         let cacheFile = try CacheFile(directory: directory)
-        let engine = try Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads, budget: budget)
+        let engine = try Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads, budget: budget,
+                                statistics: statistics)
         if let size { backend.setSize(size) }
         try engine.setExportSize(backend.size)
         // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
