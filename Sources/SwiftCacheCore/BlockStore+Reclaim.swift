@@ -48,7 +48,12 @@ extension BlockStore {
             case .granted(let granted):
                 return Reservation(blocks: granted, chunk: prefix(of: blocks, unoccupiedAtMost: granted), store: self)
             case .reclaim(let excess):
-                reclaim(excess, owned: owned, backend: backend)
+                // Other exports' caches give their clean blocks first (the
+                // blocks of one being used now are likely the more recent;
+                // only their own connections can write their dirty ones
+                // back); this one gives the rest.
+                let dropped = budget.dropClean(excess, except: self)
+                reclaim(excess - dropped, owned: owned, backend: backend)
                 state.withLock(signalling: .reclaimEnded) { $0.reclaiming = false }
                 attempt = 2
             case .wait:
@@ -82,10 +87,12 @@ extension BlockStore {
     /// cache-max-size keeps that order: victims other requests hold are
     /// skipped, never waited for; dirty ones this connection cannot write
     /// back (read-only, or past its end) are skipped too. Ends early when a
-    /// round frees nothing or a write-back fails.
-    private func reclaim(_ count: UInt64, owned: Range<UInt64>, backend: some Backend) {
+    /// round frees nothing or a write-back fails. Returns how many it freed.
+    @discardableResult
+    private func reclaim(_ count: UInt64, owned: Range<UInt64>, backend: some Backend) -> UInt64 {
         let runLimit = max(1, backend.transferLimit >> geometry.shift)
         var left = count
+        defer { debug("reclaim: freed \(count - left) of \(count) blocks") }
         while left > 0 {
             let victims: [UInt64] = state.withLock { s in
                 let canWrite = backend.canWrite
@@ -100,7 +107,7 @@ extension BlockStore {
                 for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
                 return chosen
             }
-            guard !victims.isEmpty else { return }
+            guard !victims.isEmpty else { return count - left }
             let runs = runs(of: victims, limit: runLimit)
             let dirtyRuns = state.withLock { s in runs.filter { run in run.contains { s.map[$0].isDirty } } }
             let failure = writeBack(dirtyRuns, backend: backend, lockingEach: false)
@@ -117,10 +124,33 @@ extension BlockStore {
                     s.locks.release(block..<block + 1, exclusive: true)
                 }
             }
-            // A round that freed nothing would only pick the same blocks again.
-            if failure != nil || stillDirty == victims.count { return }
             left -= min(left, UInt64(victims.count - stillDirty))
+            // A round that freed nothing would only pick the same blocks again.
+            if failure != nil || stillDirty == victims.count { return count - left }
         }
+        return count
+    }
+
+    /// Drops up to `count` clean blocks no request holds, least recently
+    /// used first, for another export's cache that needs room under the
+    /// cache-max-size they share; dirty blocks stay (only a connection to
+    /// this export can write them back). Returns how many it dropped.
+    func dropClean(_ count: UInt64) -> UInt64 {
+        let victims: [UInt64] = state.withLock { s in
+            let locks = s.locks, map = s.map
+            func isEvictable(_ block: UInt64) -> Bool { !locks.isLocked(block) && !map[block].isDirty }
+            let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
+                : s.map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
+            for block in chosen { s.locks.acquire(block..<block + 1, exclusive: true) }
+            return chosen
+        }
+        debug.blocks("reclaim for another export:", victims)
+        dropUnchecked(victims)
+        statistics.reclaimed(blocks: victims.count)
+        state.withLock(signalling: .blocksReleased) { s in
+            for block in victims { s.locks.release(block..<block + 1, exclusive: true) }
+        }
+        return UInt64(victims.count)
     }
 }
 

@@ -14,6 +14,16 @@ public final class CacheBudget: @unchecked Sendable {
 
     func add(_ store: BlockStore) { members.withLock { $0.append(Member(store: store)) } }
 
+    /// Drops up to `count` clean blocks of the caches other than `store`
+    /// (see `BlockStore.dropClean`); returns how many it dropped.
+    @discardableResult
+    func dropClean(_ count: UInt64, except store: BlockStore) -> UInt64 {
+        let others = members.withLock { $0.compactMap(\.store).filter { $0 !== store } }
+        var left = count
+        for other in others where left > 0 { left -= min(left, other.dropClean(left)) }
+        return count - left
+    }
+
     /// Runs `body` with the blocks all the caches hold or have reserved;
     /// no other reservation is made meanwhile. The caller holds no store's
     /// lock (this takes each in turn).

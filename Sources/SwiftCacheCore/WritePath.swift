@@ -123,7 +123,7 @@ extension Engine {
             do throws(ChunkFailure) {
                 try storeChunk(payload, write, chunk, backend: backend, in: held, using: &reservation)
             } catch {
-                guard case .cacheFile(let error) = error, !through else { throw error.cacheError }
+                guard case .cache(let error) = error, !through else { throw error.cacheError }
                 _ = consume reservation
                 if [.noSpace, .diskQuotaExceeded].contains(error.errno) && !retried {
                     debug("write: the cache file is full (\(error)): making room")
@@ -149,12 +149,12 @@ extension Engine {
         // Both edges are checked in one step, so that together they keep to the limits.
         let partial = blocks.holdable(holdable.map { ($0, write.part(of: $0)) })
         for (edge, state) in edgeStates where !partial.contains(edge) && ![.clean, .dirty].contains(state) {
+            guard state.isZero || blocks.reach(connectionSize: backend.size).contains(edge) else {
+                throw .cache(CacheError(.ioError, "block \(edge) reaches past the end of this connection's export "
+                                        + "and holds too many written ranges to keep another"))
+            }
             let bytes: Buffer
             do throws(CacheError) {
-                guard state.isZero || blocks.reach(connectionSize: backend.size).contains(edge) else {
-                    throw CacheError(.ioError, "block \(edge) reaches past the end of this connection's export "
-                                     + "and holds too many written ranges to keep another")
-                }
                 bytes = try Buffer.allocate(Int(write.length(of: edge)))
                 try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
             } catch {
@@ -163,7 +163,7 @@ extension Engine {
             do throws(CacheError) {
                 try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held, using: &reservation)
             } catch {
-                throw .cacheFile(error)
+                throw .cache(error)
             }
         }
         let span = write.bytes(of: chunk)
@@ -173,7 +173,7 @@ extension Engine {
             try blocks.keepWritten(payload, write.payloadRange(span), at: span, as: chunk, parts: parts, in: held,
                                    using: &reservation)
         } catch {
-            throw .cacheFile(error)
+            throw .cache(error)
         }
     }
 
@@ -311,14 +311,15 @@ extension Engine {
 }
 
 /// Why a chunk of a write could not be stored: the plugin failed (the
-/// client's error), or the cache file did (the plugin can take the bytes).
+/// client's error), or the cache cannot take it (its file failed, or a
+/// block it cannot complete): the plugin can take the bytes.
 private enum ChunkFailure: Error {
     case plugin(CacheError)
-    case cacheFile(CacheError)
+    case cache(CacheError)
 
     var cacheError: CacheError {
         switch self {
-        case .plugin(let error), .cacheFile(let error): error
+        case .plugin(let error), .cache(let error): error
         }
     }
 }

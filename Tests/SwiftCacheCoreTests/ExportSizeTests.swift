@@ -120,4 +120,27 @@ final class ExportSizeTests: EngineTestCase {
             XCTAssertEqual(older.violations.withLock { $0 } + smaller.violations.withLock { $0 }, [])
         }
     }
+
+    /// A connection that sees its last block only in part (the export grew)
+    /// cannot complete it from the plugin: a write that would need that (the
+    /// block holds all the ranges it may) goes to the plugin instead of
+    /// failing (SPEC §8), and the block forgets the bytes it wrote.
+    func testAWriteThatCannotCompleteAPartlySeenBlockGoesToThePlugin() throws {
+        let disk = MemoryBackend(size: 256 << 10, seed: 620)
+        let oldSize: UInt64 = 171_072
+        let e = try makeEngine(disk, size: oldSize, mode: .writeback)
+        let older = Connection(disk, size: oldSize)
+        try e.reopen(disk, size: 256 << 10)                 // the export grew
+        var model = disk.allBytes
+        for i in 0..<20 {
+            let offset = 2 * B + UInt64(i) * 100
+            try e.writeBytes([UInt8(i + 1)], at: offset, older)
+            model[Int(offset)] = UInt8(i + 1)
+        }
+        XCTAssertEqual(e.state(ofBlock: 2), .partial)
+        XCTAssertEqual(older.violations.withLock { $0 }, [])
+        assertBytes(try e.readBytes(2 * B, Int(oldSize - 2 * B), older), Array(model[Int(2 * B)..<Int(oldSize)]))
+        try e.flush(backend: older)
+        assertBytes(disk.bytes(2 * B, Int(oldSize - 2 * B)), Array(model[Int(2 * B)..<Int(oldSize)]))
+    }
 }

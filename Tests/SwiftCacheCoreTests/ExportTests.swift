@@ -46,4 +46,22 @@ final class ExportTests: EngineTestCase {
         XCTAssertEqual(ea.dirtyBlockCount, 15, "export b never writes back export a's blocks")
         assertBytes(b.bytes(4 * B, 2 * B), data, "export b's write went to its plugin")
     }
+
+    /// An export with no room of its own to reclaim takes the clean blocks
+    /// of another (least recently used first): one export's old reads do not
+    /// shut the others out of the cache.
+    func testAnExportReclaimsAnotherExportsCleanBlocks() throws {
+        let budget = CacheBudget()
+        let a = MemoryBackend(size: 2 * MiB, seed: 7), b = MemoryBackend(size: 2 * MiB, seed: 8)
+        let ea = try makeEngine(a, cacheOnRead: .always, maxSize: MiB, budget: budget)
+        let eb = try makeEngine(b, cacheOnRead: .always, maxSize: MiB, budget: budget)
+        assertBytes(try ea.readBytes(0, 2 * MiB, a), a.allBytes)
+        XCTAssertGreaterThanOrEqual(ea.cachedBytes, 12 * B, "export a fills the budget with clean blocks")
+        assertBytes(try eb.readBytes(0, 4 * B, b), b.bytes(0, 4 * B))
+        XCTAssertEqual(eb.cachedBytes, 4 * B, "export b keeps what it read")
+        XCTAssertLessThanOrEqual(ea.cachedBytes + eb.cachedBytes, 15 * B)
+        let reads = b.stats.reads
+        assertBytes(try eb.readBytes(0, 4 * B, b), b.bytes(0, 4 * B))
+        XCTAssertEqual(b.stats.reads, reads, "read again from the cache")
+    }
 }
