@@ -16,6 +16,11 @@
 #  (b) file plugin, cache=writeback, two connections: A writes and
 #      disconnects without flushing while B stays connected: the file
 #      holds A's data; then B writes and disconnects: the file holds B's.
+#  (d) file plugin, cache=writeback: A writes (no flush) and stays
+#      connected; B only reads and disconnects: B's close writes nothing
+#      back (it strands nothing: a short-lived reader, such as fio's or
+#      qemu-img's probes, must not cost the writers a write-back), so the
+#      file still has its old bytes; then A disconnects: the file holds A's.
 #  (c) cache=unsafe: 5 whole 64K blocks written, disconnect, SIGTERM:
 #      nbdkit's stderr has an error line saying "dirty" with the count
 #      (5 blocks or 327680 bytes); cache=writeback, same, exits with no
@@ -124,6 +129,41 @@ assert_alive b
 check_file "$disk" "$tmp/model-b" "(b) a second writer"
 stop_nbdkit b
 assert_no_crash_in "$tmp/b.log"
+
+# ------------------------------------------------------------------ (d)
+disk=$tmp/disk-d
+make_random_file "$disk" $((4 * M)) 44
+cp "$disk" "$tmp/old-d"
+start_nbdkit d --filter="$FILTER" --filter=log file "$disk" logfile="$tmp/d.nbdlog" cache=writeback
+py - "$uri" "$tmp/d.ready" "$tmp/d.go" <<'EOF_PY' &
+import nbd, sys, os, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+h.pwrite(b"A" * 100000, 12345)
+open(sys.argv[2], "w").close()
+for i in range(300):
+    if os.path.exists(sys.argv[3]):
+        break
+    time.sleep(0.1)
+h.shutdown()
+EOF_PY
+apid=$!
+for i in $(seq 1 100); do [ -e "$tmp/d.ready" ] && break; sleep 0.1; done
+[ -e "$tmp/d.ready" ] || fail "(d) client A did not write"
+py - "$uri" <<'EOF_PY' || bad "(d) reader B failed"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+assert h.pread(100000, 12345) == b"A" * 100000
+h.shutdown()
+EOF_PY
+wait_disconnects "$tmp/d.nbdlog" 1 || bad "(d) reader B did not finish closing"
+cmp -s "$disk" "$tmp/old-d" && ok "(d) a reader's close wrote nothing back" ||
+    bad "(d) a reader's close wrote the writer's dirty blocks back"
+touch "$tmp/d.go"
+wait "$apid" || bad "(d) writer A failed"
+wait_disconnects "$tmp/d.nbdlog" 2 || bad "(d) writer A did not finish closing"
+[ "$(od -An -c -j 12345 -N 1 "$disk" | tr -d ' ')" = A ] && ok "(d) the writer's close wrote its data back" ||
+    bad "(d) the writer's data is not in the file after it closed"
+stop_nbdkit d
 
 # ------------------------------------------------------------------ (c)
 for mode in unsafe writeback; do

@@ -25,7 +25,9 @@ extension Engine {
     /// the plugin now (without a plugin flush, which the client never asked
     /// for), so a client that never flushes, or a plugin that cannot flush,
     /// does not strand acknowledged writes in the cache. unsafe keeps them;
-    /// a read-only connection cannot write them.
+    /// a read-only connection cannot write them. The caller skips this
+    /// for a connection that wrote nothing since its last flush: its close
+    /// strands nothing (the writers' own closes write theirs back).
     public func connectionClosing(backend: some Backend) throws(CacheError) {
         guard config.mode == .writeback, backend.canWrite, blocks.dirtyBlockCount > 0 else { return }
         if let error = blocks.writeBackAll(backend: CountedBackend(plugin: backend, statistics: statistics)) {

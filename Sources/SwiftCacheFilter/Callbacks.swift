@@ -94,9 +94,11 @@ enum Callbacks {
         return 0
     }
 
-    /// The connection is closing: its dirty blocks go to the plugin (SPEC §8).
+    /// The connection is closing: if it left writes unflushed, the dirty
+    /// blocks go to the plugin (SPEC §8).
     static let finalize: @convention(c) (Next, Handle) -> Int32 = { next, handle in
         let connection = Connection.from(handle)
+        guard connection.unflushedWrites.load(ordering: .acquiring) else { return 0 }
         do {
             try connection.engine.connectionClosing(backend: connection.backend(next))
             return 0
@@ -184,6 +186,8 @@ enum Callbacks {
     ) -> Int32 = { next, handle, buffer, count, offset, flags, err in
         let connection = Connection.from(handle)
         return serve(err) { () throws(CacheError) in
+            // Even a failed write may leave some of its blocks dirty.
+            defer { connection.wrote() }
             try connection.engine.write(UnsafeRawBufferPointer(start: buffer, count: Int(count)), at: offset,
                                         fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0, backend: connection.backend(next))
         }
@@ -194,6 +198,7 @@ enum Callbacks {
         let connection = Connection.from(handle)
         let fastZero = flags & UInt32(NBDKIT_FLAG_FAST_ZERO) != 0
         return serve(err) { () throws(CacheError) in
+            defer { connection.wrote() }
             do throws(CacheError) {
                 try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
                                            mayTrim: flags & UInt32(NBDKIT_FLAG_MAY_TRIM) != 0, fastZero: fastZero,
@@ -218,7 +223,16 @@ enum Callbacks {
     static let flush: @convention(c) (Next, Handle, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
         next, handle, _, err in
         let connection = Connection.from(handle)
-        return serve(err) { () throws(CacheError) in try connection.engine.flush(backend: connection.backend(next)) }
+        return serve(err) { () throws(CacheError) in
+            // Cleared before the flush starts: a write that ends after this
+            // sets it again; one that ended before is dirty when the flush
+            // starts, and written back by it.
+            connection.unflushedWrites.store(false, ordering: .releasing)
+            do throws(CacheError) { try connection.engine.flush(backend: connection.backend(next)) } catch {
+                connection.wrote()
+                throw error
+            }
+        }
     }
 
     static let extents: @convention(c) (
