@@ -1,3 +1,4 @@
+import Synchronization
 import SystemPackage
 
 /// The cache of one export, shared by every connection to it. Its request paths
@@ -15,6 +16,8 @@ public final class Engine: @unchecked Sendable {
     public let config: CacheConfig
     let blocks: BlockStore
     let debug: DebugLog
+    /// Connections open with writes no flush has covered (see `connectionClosing`).
+    let openWriters = Atomic(0)
     /// What this engine does and holds is counted here, with other engines
     /// sharing the same object (one per export).
     public let statistics: Statistics

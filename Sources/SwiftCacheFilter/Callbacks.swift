@@ -94,13 +94,11 @@ enum Callbacks {
         return 0
     }
 
-    /// The connection is closing: if it left writes unflushed, the dirty
-    /// blocks go to the plugin (SPEC §8).
+    /// The connection is closing: dirty blocks go to the plugin (SPEC §8).
     static let finalize: @convention(c) (Next, Handle) -> Int32 = { next, handle in
         let connection = Connection.from(handle)
-        guard connection.unflushedWrites.load(ordering: .acquiring) else { return 0 }
         do {
-            try connection.engine.connectionClosing(backend: connection.backend(next))
+            try connection.engine.connectionClosing(connection.writes, backend: connection.backend(next))
             return 0
         } catch {
             Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
@@ -186,8 +184,7 @@ enum Callbacks {
     ) -> Int32 = { next, handle, buffer, count, offset, flags, err in
         let connection = Connection.from(handle)
         return serve(err) { () throws(CacheError) in
-            // Even a failed write may leave some of its blocks dirty.
-            defer { connection.wrote() }
+            defer { connection.engine.connectionWrote(connection.writes) }
             try connection.engine.write(UnsafeRawBufferPointer(start: buffer, count: Int(count)), at: offset,
                                         fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0, backend: connection.backend(next))
         }
@@ -198,7 +195,7 @@ enum Callbacks {
         let connection = Connection.from(handle)
         let fastZero = flags & UInt32(NBDKIT_FLAG_FAST_ZERO) != 0
         return serve(err) { () throws(CacheError) in
-            defer { connection.wrote() }
+            defer { connection.engine.connectionWrote(connection.writes) }
             do throws(CacheError) {
                 try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
                                            mayTrim: flags & UInt32(NBDKIT_FLAG_MAY_TRIM) != 0, fastZero: fastZero,
@@ -224,12 +221,9 @@ enum Callbacks {
         next, handle, _, err in
         let connection = Connection.from(handle)
         return serve(err) { () throws(CacheError) in
-            // Cleared before the flush starts: a write that ends after this
-            // sets it again; one that ended before is dirty when the flush
-            // starts, and written back by it.
-            connection.unflushedWrites.store(false, ordering: .releasing)
+            connection.engine.connectionFlushing(connection.writes)
             do throws(CacheError) { try connection.engine.flush(backend: connection.backend(next)) } catch {
-                connection.wrote()
+                connection.engine.connectionWrote(connection.writes)
                 throw error
             }
         }

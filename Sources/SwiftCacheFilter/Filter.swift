@@ -121,16 +121,8 @@ final class Connection: @unchecked Sendable {
     let engine: Engine
     /// Set once in `.prepare`, before any request on the connection.
     var capabilities = PluginCapabilities()
-    /// Whether the connection has written since its last flush: only then
-    /// does its close write the dirty blocks back (a connection that wrote
-    /// nothing strands nothing by closing).
-    let unflushedWrites = Atomic(false)
-
-    /// A write or zero request has ended (its blocks stored in the cache,
-    /// or some of them if it failed).
-    func wrote() {
-        if !unflushedWrites.load(ordering: .relaxed) { unflushedWrites.store(true, ordering: .releasing) }
-    }
+    /// Whether it has written since its last flush (see `Engine.connectionClosing`).
+    let writes = ConnectionWrites()
 
     init(engine: Engine) { self.engine = engine }
 

@@ -140,7 +140,9 @@ final class ConnectionClosingTests: EngineTestCase {
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
         XCTAssertGreaterThan(e.dirtyBlockCount, 0)
-        try e.connectionClosing(backend: b)
+        let writes = ConnectionWrites()
+        e.connectionWrote(writes)
+        try e.connectionClosing(writes, backend: b)
         XCTAssertEqual(e.dirtyBlockCount, 0)
         XCTAssertEqual(e.unwritten.blocks, 0)
         XCTAssertEqual(b.stats.flushes, 0, "the client asked for no flush")
@@ -153,7 +155,9 @@ final class ConnectionClosingTests: EngineTestCase {
         let original = b.allBytes
         try e.writeBytes(randomBytes(Int(B), seed: 1), at: 0, b)
         try e.writeBytes(randomBytes(300, seed: 2), at: 5 * B + 10, b)
-        try e.connectionClosing(backend: b)
+        let writes = ConnectionWrites()
+        e.connectionWrote(writes)
+        try e.connectionClosing(writes, backend: b)
         assertBytes(b.allBytes, original)
         XCTAssertEqual(e.unwritten.blocks, 2)
         XCTAssertEqual(e.unwritten.bytes, B + 300)
@@ -164,8 +168,40 @@ final class ConnectionClosingTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         try e.writeBytes(randomBytes(Int(B), seed: 3), at: 2 * B, b)
         b.failNextWrites(1, .ioError)
-        assertCacheError(.ioError) { try e.connectionClosing(backend: b) }
+        let writes = ConnectionWrites()
+        e.connectionWrote(writes)
+        assertCacheError(.ioError) { try e.connectionClosing(writes, backend: b) }
         XCTAssertEqual(e.unwritten.blocks, 1)
         XCTAssertEqual(e.unwritten.bytes, B)
+    }
+
+    /// Only the last connection open with unflushed writes writes back as
+    /// it closes; a reader's close, or a writer's whose writes a flush
+    /// covered, writes nothing back.
+    func testTheLastWriterToCloseWritesEverythingBack() throws {
+        let b = MemoryBackend(size: MiB, seed: 98)
+        let e = try makeEngine(b, mode: .writeback)
+        let original = b.allBytes
+        let first = ConnectionWrites(), second = ConnectionWrites(), reader = ConnectionWrites()
+        try e.writeBytes(randomBytes(Int(B), seed: 4), at: 0, b)
+        e.connectionWrote(first)
+        try e.writeBytes(randomBytes(Int(B), seed: 5), at: 4 * B, b)
+        e.connectionWrote(second)
+        try e.connectionClosing(reader, backend: b)
+        try e.connectionClosing(first, backend: b)
+        assertBytes(b.allBytes, original, "a writer is still open: it will write everything back")
+        XCTAssertEqual(e.dirtyBlockCount, 2)
+        try e.connectionClosing(second, backend: b)
+        XCTAssertEqual(e.dirtyBlockCount, 0, "the last writer wrote back both")
+
+        try e.writeBytes(randomBytes(Int(B), seed: 6), at: 8 * B, b)
+        e.connectionWrote(first)
+        e.connectionFlushing(first)
+        try e.flush(backend: b)
+        try e.writeBytes(randomBytes(Int(B), seed: 7), at: 9 * B, b)       // by a connection still open
+        let writes = b.stats.writes
+        try e.connectionClosing(first, backend: b)
+        XCTAssertEqual(b.stats.writes, writes, "a flush covered this connection's writes")
+        XCTAssertEqual(e.dirtyBlockCount, 1)
     }
 }
