@@ -84,12 +84,12 @@ struct BlockMap {
     var occupiedCount: UInt64 { cachedCount + UInt64(partials.count) }
 
     /// Adds not-cached blocks up to `blocks` (the map never shrinks: a
-    /// connection opened before the export shrank may still use them).
-    mutating func grow(to blocks: UInt64) {
+    /// connection opened before the export shrank may still use them); on
+    /// failure nothing changes.
+    mutating func grow(to blocks: UInt64) throws(CacheError) {
         guard blocks > blockCount else { return }
-        stored.resize(to: blocks)
-        dirty.resize(to: blocks)
-        zero.resize(to: blocks)
+        let grown = (try stored.resized(to: blocks), try dirty.resized(to: blocks), try zero.resized(to: blocks))
+        (stored, dirty, zero) = grown
     }
 
     // MARK: Word masks: 64 blocks at a time

@@ -218,8 +218,11 @@ final class BlockStore: @unchecked Sendable {
         try state.withLock { (s: inout State) throws(CacheError) in
             if blocks > s.map.blockCount {
                 try storage.resize(to: blocks << geometry.shift)
-                s.map.grow(to: blocks)
-                if limit != nil { s.lru.grow(to: blocks) }
+                // Both or neither: the LRU must cover every block of the map.
+                var (map, lru) = (s.map, s.lru)
+                try map.grow(to: blocks)
+                if limit != nil { try lru.grow(to: blocks) }
+                (s.map, s.lru) = (map, lru)
             }
             if hasShortLast, s.exportSize == old {
                 let length = UInt32(old - geometry.start(of: lastBlock))

@@ -19,9 +19,9 @@ struct LRU {
         self.generationSize = Swift.max(generationSize, 1)
     }
 
-    mutating func grow(to blocks: UInt64) {
-        recent.resize(to: blocks)
-        older.resize(to: blocks)
+    /// On failure nothing changes.
+    mutating func grow(to blocks: UInt64) throws(CacheError) {
+        (recent, older) = (try recent.resized(to: blocks), try older.resized(to: blocks))
         if hand >= blocks { hand = 0 }
     }
 

@@ -47,24 +47,31 @@ final class BitPlaneTests: XCTestCase {
         XCTAssertEqual(full.firstClear(from: 127, to: 128), 128)
     }
 
-    func testResizeKeepsRemainingBitsAndForgetsTheRest() {
+    func testResizeKeepsRemainingBitsAndForgetsTheRest() throws {
+        var shared = BitPlane(count: 200)
+        shared[5] = true
+        let copy = shared
+        shared[6] = true
+        XCTAssertFalse(copy[6], "a copy keeps its own bits (copy on write)")
+        XCTAssertTrue(copy[5])
+
         var plane = BitPlane(count: 200)
         for block: UInt64 in [10, 69, 100, 150] { plane[block] = true }
-        plane.resize(to: 70)
+        try plane.resize(to: 70)
         XCTAssertEqual(plane.count, 70)
         XCTAssertEqual(plane.words.count, 2)
         XCTAssertTrue(plane[10])
         XCTAssertTrue(plane[69])
-        plane.resize(to: 200)
+        try plane.resize(to: 200)
         XCTAssertEqual(plane.count, 200)
         XCTAssertTrue(plane[10])
         XCTAssertTrue(plane[69])
         XCTAssertFalse(plane[100], "a block cut off by a shrink must not come back")
         XCTAssertFalse(plane[150])
         XCTAssertEqual(plane.firstSet(from: 70, to: 200), nil)
-        plane.resize(to: 0)
+        try plane.resize(to: 0)
         XCTAssertEqual(plane.words.count, 0)
-        plane.resize(to: 65)
+        try plane.resize(to: 65)
         XCTAssertNil(plane.firstSet(from: 0, to: 65))
         XCTAssertEqual(plane.firstClear(from: 0, to: 65), 0)
     }
@@ -116,7 +123,7 @@ final class BlockMapTests: XCTestCase {
         XCTAssertNil(map.nextDirtyRun(from: 200, limit: 100))
     }
 
-    func testPartialBlocksHoldRangesUntilWhole() {
+    func testPartialBlocksHoldRangesUntilWhole() throws {
         var map = BlockMap(blocks: 100)
         map.hold(100..<200, in: 5, length: 65536)
         XCTAssertEqual(map[5], .partial)
@@ -173,7 +180,7 @@ final class BlockMapTests: XCTestCase {
         // Growing keeps every block; new ones are not cached.
         map.hold(10..<20, in: 70, length: 65536)
         XCTAssertEqual(map.occupiedCount, 5)
-        map.grow(to: 200)
+        try map.grow(to: 200)
         XCTAssertEqual(map.held(70), HeldRanges(10..<20))
         XCTAssertEqual(map.occupiedCount, 5)
         XCTAssertEqual(map[150], .notCached)
@@ -205,13 +212,13 @@ final class BlockMapTests: XCTestCase {
         XCTAssertTrue(map.holdable([(limit, 0..<1)]) == [limit])
     }
 
-    func testGrowKeepsCountsRightAndNeverShrinks() {
+    func testGrowKeepsCountsRightAndNeverShrinks() throws {
         var map = BlockMap(blocks: 100)
         map.set(0..<10, to: .clean)
         map.set(90..<100, to: .dirty)
-        map.grow(to: 95)
+        try map.grow(to: 95)
         XCTAssertEqual(map.blockCount, 100, "the map never shrinks")
-        map.grow(to: 150)
+        try map.grow(to: 150)
         XCTAssertEqual(map.cachedCount, 20)
         XCTAssertEqual(map.dirtyCount, 10)
         XCTAssertEqual(map[97], .dirty)
