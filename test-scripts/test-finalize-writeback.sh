@@ -97,15 +97,14 @@ grep -E ' (Write|Flush) id=' "$tmp/a.nbdlog" | head -5 | cut -d' ' -f3- | sed 's
 stop_nbdkit a
 assert_no_crash_in "$tmp/a.log"
 
-# ------------------------------------------------------------------ (b)
-disk=$tmp/disk-b
-make_random_file "$disk" $((8 * M)) 42
-cp "$disk" "$tmp/model-b"
-start_nbdkit b --filter="$FILTER" --filter=log file "$disk" logfile="$tmp/b.nbdlog" cache=writeback
-# B: connected and idle until $tmp/b.go exists (at most 30 s)
-py - "$uri" "$tmp/b.ready" "$tmp/b.go" <<'EOF_PY' &
+# stay.py URI READY GO [WRITE]: connects (and writes WRITE bytes of "A"
+# at 12345, no flush), creates READY, and stays connected until GO exists
+# (at most 30 s)
+cat >"$tmp/stay.py" <<'EOF_PY'
 import nbd, sys, os, time
 h = nbd.NBD(); h.connect_uri(sys.argv[1])
+if len(sys.argv) > 4:
+    h.pwrite(b"A" * int(sys.argv[4]), 12345)
 open(sys.argv[2], "w").close()
 for i in range(300):
     if os.path.exists(sys.argv[3]):
@@ -113,6 +112,14 @@ for i in range(300):
     time.sleep(0.1)
 h.shutdown()
 EOF_PY
+
+# ------------------------------------------------------------------ (b)
+disk=$tmp/disk-b
+make_random_file "$disk" $((8 * M)) 42
+cp "$disk" "$tmp/model-b"
+start_nbdkit b --filter="$FILTER" --filter=log file "$disk" logfile="$tmp/b.nbdlog" cache=writeback
+# B: connected and idle until $tmp/b.go exists
+py "$tmp/stay.py" "$uri" "$tmp/b.ready" "$tmp/b.go" &
 bpid=$!
 for i in $(seq 1 100); do [ -e "$tmp/b.ready" ] && break; sleep 0.1; done
 [ -e "$tmp/b.ready" ] || fail "(b) client B did not connect"
@@ -135,17 +142,7 @@ disk=$tmp/disk-d
 make_random_file "$disk" $((4 * M)) 44
 cp "$disk" "$tmp/old-d"
 start_nbdkit d --filter="$FILTER" --filter=log file "$disk" logfile="$tmp/d.nbdlog" cache=writeback
-py - "$uri" "$tmp/d.ready" "$tmp/d.go" <<'EOF_PY' &
-import nbd, sys, os, time
-h = nbd.NBD(); h.connect_uri(sys.argv[1])
-h.pwrite(b"A" * 100000, 12345)
-open(sys.argv[2], "w").close()
-for i in range(300):
-    if os.path.exists(sys.argv[3]):
-        break
-    time.sleep(0.1)
-h.shutdown()
-EOF_PY
+py "$tmp/stay.py" "$uri" "$tmp/d.ready" "$tmp/d.go" 100000 &
 apid=$!
 for i in $(seq 1 100); do [ -e "$tmp/d.ready" ] && break; sleep 0.1; done
 [ -e "$tmp/d.ready" ] || fail "(d) client A did not write"
