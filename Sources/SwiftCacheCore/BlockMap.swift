@@ -335,17 +335,20 @@ struct BlockMap {
         return start..<end
     }
 
-    /// The blocks of `blocks` whose block status is the cache's, not the
-    /// plugin's (dirty ones and known zeroes), with their states.
-    func statusBlocks(in blocks: Range<UInt64>) -> [(block: UInt64, state: BlockState)] {
-        var found: [(block: UInt64, state: BlockState)] = []
+    /// The runs of blocks in `blocks` whose block status is the cache's, not
+    /// the plugin's (dirty ones and known zeroes), each of one state; sorted.
+    func statusRuns(in blocks: Range<UInt64>) -> [(blocks: Range<UInt64>, state: BlockState)] {
+        var runs: [(blocks: Range<UInt64>, state: BlockState)] = []
         let special: (Int) -> UInt64 = { dirty.words[$0] | zero.words[$0] }
         var from = blocks.lowerBound
-        while (dirtyCount > 0 || zeroCount > 0), let block = first(from: from, to: blocks.upperBound, special) {
-            found.append((block, self[block]))
-            from = block + 1
+        while dirtyCount > 0 || zeroCount > 0, let start = first(from: from, to: blocks.upperBound, special) {
+            let state = self[start]
+            var end = start + 1
+            while end < blocks.upperBound && self[end] == state { end += 1 }
+            runs.append((start..<end, state))
+            from = end
         }
-        return found
+        return runs
     }
 }
 

@@ -131,9 +131,9 @@ final class BlockStore: @unchecked Sendable {
     }
     var partialBlockCount: Int { state.withLock { $0.map.partials.count } }
 
-    /// The blocks whose block status is the cache's (see `BlockMap.statusBlocks`).
-    func statusBlocks(in blocks: Range<UInt64>) -> [(block: UInt64, state: BlockState)] {
-        state.withLock { $0.map.statusBlocks(in: blocks) }
+    /// The runs of blocks whose block status is the cache's (see `BlockMap.statusRuns`).
+    func statusRuns(in blocks: Range<UInt64>) -> [(blocks: Range<UInt64>, state: BlockState)] {
+        state.withLock { $0.map.statusRuns(in: blocks) }
     }
 
     func firstPartial(in blocks: Range<UInt64>) -> UInt64? { state.withLock { $0.map.firstPartial(in: blocks) } }

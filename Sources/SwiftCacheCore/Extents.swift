@@ -16,12 +16,12 @@ extension Engine {
         guard count > 0 else { return [] }
         try checkBounds(offset: offset, count: count, backend: backend)
         let covered = geometry.blocks(covering: offset, count: count)
-        let before = blocks.statusBlocks(in: covered)
+        let before = blocks.statusRuns(in: covered)
         let plugin: [Extent]
         do { plugin = try backend.extents(count: count, at: offset, onlyOne: onlyOne) } catch {
             throw CacheError(error, "plugin extents of \(count) bytes at \(offset)")
         }
-        let overrides = statusOverrides(before, blocks.statusBlocks(in: covered))
+        let overrides = statusOverrides(before, blocks.statusRuns(in: covered))
         let request = offset..<offset + count
         var result: [Extent] = []
         func append(_ range: Range<UInt64>, _ type: UInt32) {
@@ -56,18 +56,25 @@ extension Engine {
         return result
     }
 
-    /// The byte ranges whose status is the cache's, from the blocks'
+    /// The byte ranges whose status is the cache's, from the runs of block
     /// states before and after the plugin answered (sorted, disjoint).
-    private func statusOverrides(_ before: [(block: UInt64, state: BlockState)],
-                                 _ after: [(block: UInt64, state: BlockState)]) -> [(bytes: Range<UInt64>,
-                                                                                     status: KnownStatus)] {
-        var states: [UInt64: (before: KnownStatus?, after: KnownStatus?)] = [:]
-        for (block, state) in before { states[block, default: (nil, nil)].before = KnownStatus(state) }
-        for (block, state) in after { states[block, default: (nil, nil)].after = KnownStatus(state) }
+    private func statusOverrides(_ before: [(blocks: Range<UInt64>, state: BlockState)],
+                                 _ after: [(blocks: Range<UInt64>, state: BlockState)])
+        -> [(bytes: Range<UInt64>, status: KnownStatus)] {
+        // Every place a run starts or ends, before or after: between two of
+        // them each side is one state (or the plugin's answer).
+        let edges = Set((before + after).flatMap { [$0.blocks.lowerBound, $0.blocks.upperBound] }).sorted()
+        func known(_ runs: [(blocks: Range<UInt64>, state: BlockState)], _ next: inout Int,
+                   at block: UInt64) -> KnownStatus? {
+            while next < runs.count && runs[next].blocks.upperBound <= block { next += 1 }
+            return next < runs.count && runs[next].blocks.contains(block) ? KnownStatus(runs[next].state) : nil
+        }
         var overrides: [(bytes: Range<UInt64>, status: KnownStatus)] = []
-        for block in states.keys.sorted() {
-            guard let (a, b) = states[block], let status = KnownStatus.both(a, b) else { continue }
-            let bytes = geometry.bytes(of: block..<block + 1, size: .max)
+        var nextBefore = 0, nextAfter = 0
+        for (start, end) in zip(edges, edges.dropFirst()) {
+            guard let status = KnownStatus.both(known(before, &nextBefore, at: start),
+                                                known(after, &nextAfter, at: start)) else { continue }
+            let bytes = geometry.bytes(of: start..<end, size: .max)
             if let last = overrides.last, last.status == status, last.bytes.upperBound == bytes.lowerBound {
                 overrides[overrides.count - 1].bytes = last.bytes.lowerBound..<bytes.upperBound
             } else {

@@ -180,4 +180,24 @@ final class ExtentsTests: EngineTestCase {
         assertBytes(b.bytes(0, B), data)
         XCTAssertEqual(list.first?.type, 0, "block 0 holds data, but extents say \(list)")
     }
+
+    /// Zeroes over data, written back while the plugin answers (SPEC §8):
+    /// before, the block was dirty zeroes (zero and a hole); after, known
+    /// zeroes (the plugin may not have punched it). The answer true of both
+    /// is zero without the hole; data written over zeroes meanwhile is data.
+    func testExtentsRacingAZeroWriteBackSayZeroAndNothingMore() throws {
+        let b = makeDisk(seed: 161)
+        let e = try makeEngine(b, mode: .writeback)
+        try e.zero(count: 2 * B, at: 9 * B, fua: false, mayTrim: true, fastZero: false, backend: b)
+        XCTAssertEqual(e.states(9..<11), [.dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true)])
+        b.setAfterExtentsComputed {
+            try? e.flush(backend: b)
+            try? e.writeBytes([1], at: 10 * B + 7, b)
+        }
+        let list = try e.extents(count: 3 * B, at: 9 * B, onlyOne: false, backend: b)
+        b.setAfterExtentsComputed(nil)
+        XCTAssertEqual(b.stats.zeroLog, [Req(9 * B, 2 * B)], "written back during the extents call")
+        XCTAssertEqual(list, [Extent(offset: 9 * B, length: B, type: Extent.zero),
+                              Extent(offset: 10 * B, length: 2 * B, type: 0)])
+    }
 }
