@@ -27,10 +27,14 @@ let package = Package(
             dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The C ABI: nbdkit callbacks, parameters and `next` adapted to the core.
+        // Linked with swiftcache.syms: the library exports only what nbdkit looks up.
         .target(
             name: "SwiftCacheFilter",
             dependencies: ["CNBDKit", "CSwiftCacheDebug", "CLinux", "SwiftCacheCore",
-                           .product(name: "SystemPackage", package: "swift-system")]
+                           .product(name: "SystemPackage", package: "swift-system")],
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/swiftcache.syms"]),
+            ]
         ),
         .testTarget(
             name: "SwiftCacheCoreTests",

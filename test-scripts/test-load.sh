@@ -27,8 +27,22 @@ assert h.get_size() == 16 * 1024 * 1024
     ok "round trip in cache=$mode"
 done
 
+# nbdkit loads filters with RTLD_GLOBAL: the library exports (binds
+# globally) only the entry point and the debug flags nbdkit looks up with
+# dlsym (swiftcache.syms); -D swiftcache.verbose=1 still reaches it.
+if filter_is_path; then
+    exports=$(nm -D --defined-only --extern-only "$(filter_so)" | awk '{print $3}' | sort | tr '\n' ' ')
+    [ "$exports" = "filter_init swiftcache_debug_stats swiftcache_debug_verbose " ] &&
+        ok "exports only filter_init and swiftcache_debug_*" || bad "exports more than it should: $exports"
+    nbdkit_captive -v -D swiftcache.verbose=1 --filter="$FILTER" memory 1M cache-on-read=true \
+        --run 'nbdsh -u "$uri" -c "h.pread(512, 0)"' 2>"$tmp/verbose" || fail "nbdkit -D swiftcache.verbose=1 failed"
+    grep -q 'swiftcache: cache from the plugin' "$tmp/verbose" && ok "-D swiftcache.verbose=1 is found" ||
+        bad "-D swiftcache.verbose=1 did not reach the filter"
+fi
+
 # The filter must not leave a cache file behind in TMPDIR (it is unlinked
 # at once).
 left=$(find "$cachedir" -mindepth 1 -maxdepth 1 -type f | wc -l)
 [ "$left" -eq 0 ] || { ls -la "$cachedir"; fail "files left behind in TMPDIR"; }
 ok "no cache file left in TMPDIR"
+finish
