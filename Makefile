@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # swiftcache — see README.md.
 #   make          build ./libswiftcache.so (release, Swift runtime linked in)
 #   make run      install what is missing, build, serve a 1G memory disk through the filter

@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+// SPDX-License-Identifier: BSD-3-Clause
 import PackageDescription
 
 let package = Package(

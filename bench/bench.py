@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """swiftcache benchmark: nbdkit's C cache filter ("C") against swiftcache
 ("ours") and against no cache filter at all ("none", the limit).
 

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Small libnbd client used by bench.py (needs Debian's /usr/bin/python3,
 which is the only interpreter with the `nbd` module).
 

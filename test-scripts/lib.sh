@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Shared helpers for the swiftcache end-to-end tests.  Source it from a
 # test-*.sh script:   . "$(dirname "$0")/lib.sh"
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Sourced first (before lib.sh) by tests that mount a small tmpfs: re-runs
 # the test in a private mount namespace (unshare -m, needs root), so its
 # mounts vanish with it; there SWIFTCACHE_IN_NS=1. Where no namespace can

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Run the swiftcache end-to-end tests.
 #
 #   test-scripts/run.sh                 # every test-*.sh

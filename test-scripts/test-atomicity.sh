@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A read never returns a mix of old and new parts of one write (SPEC §5).
 # EXPECTED TO FAIL against the C cache filter: it takes its lock per
 # block, so a read concurrent with a multi-block write can see some blocks

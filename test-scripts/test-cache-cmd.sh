@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # NBD_CMD_CACHE (SPEC §4 cache): h.cache(len, off) loads the range into
 # the cache whatever cache-on-read says, so later reads of that range make
 # no plugin reads (stats filter after ours), and return the right data.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-on-read (SPEC §2, §4 pread), observed with a stats filter / log
 # filter placed after ours (so they count what reaches the plugin):
 #  - true:  reading the same region twice costs the plugin no more reads

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The cache file (SPEC §4): one file shared by every connection, created
 # in $TMPDIR (default /var/tmp) with O_CLOEXEC, unlinked at once, sparse,
 # sized to the export rounded up to the block size.  Inspected through

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Capabilities the client sees in each cache mode (SPEC §3), over plugins
 # whose flush, FUA (none/emulate/native), multi-conn and block size
 # constraints differ.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Concurrency (SPEC §5): 4 connections, each with 64 requests in flight
 # (libnbd aio), nbdkit's default thread pool.  Each connection owns
 #  - every 4th 1000-byte stripe of the first half of the export, so the

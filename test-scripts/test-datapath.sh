@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # What reaches the plugin's backing file (file plugin) before and after a
 # flush in each mode (SPEC §4):
 #   writeback:    nothing before flush, everything after

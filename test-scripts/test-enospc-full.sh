@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A full cache directory is not the client's problem (SPEC §8 **beyond**):
 # on ENOSPC from the cache file the filter makes room (drops clean
 # blocks, writes dirty ones back where the mode allows) and retries, and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A full cache directory never strands acknowledged writes (SPEC §6:
 # "writing back an acknowledged write never needs space in the cache
 # file"; §8 "a full cache directory is not the client's problem").  The

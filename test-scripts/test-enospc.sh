@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A full cache file system (SPEC §6, §8): the cache lives on a 1 MiB tmpfs
 # ($TMPDIR), the export is 16 MiB, so cache-file writes fail with ENOSPC.
 #  - no request fails: what the cache cannot take goes straight to the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Plugin errors (SPEC §4 flush, §6): inject errors with the error filter
 # placed after ours, switched on and off at run time with error-*-file.
 #  - a plugin read error reaches the client as EIO; nbdkit keeps serving;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # One cache per export (SPEC §8 **beyond**): exports served by one nbdkit
 # never see each other's blocks, whatever their sizes; cache-max-size
 # limits all of them together.  The file plugin in directory mode

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Block status through the filter is well-formed (SPEC §7: a filter's
 # .extents returns at least one extent starting at the requested offset;
 # with REQ_ONE only the first is sent).  Passes against the C filter.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Block status never calls cached data a hole or zero (SPEC §4 extents,
 # **beyond**).  EXPECTED TO FAIL against the C cache filter, which passes
 # the plugin's extents through: after an unflushed write nbdinfo --map

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A cache fill from the plugin never overwrites newer data written
 # meanwhile (SPEC §5).  Plugin reads are slowed down (delay filter after
 # ours) so that cache-on-read fills and read-modify-write reads are still

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # No stranded writes (SPEC §8 **beyond**): in writeback mode every dirty
 # block is written back to the plugin before the connection's .finalize
 # returns, so a client that disconnects without flushing, or a plugin that

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Flush (SPEC §4 flush), seen by a log filter after ours:
 #  - writeback: a flush writes back every dirty block, then flushes the
 #    plugin; written-back blocks are clean, so the next flush writes

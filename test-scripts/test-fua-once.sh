@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A FUA write reaches the plugin once (SPEC §4 cache-max-size: "every
 # byte reaches the plugin once per write: a block that a write is sending
 # through to the plugin is not also written back by reclaim").  writeback,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # FUA writes (SPEC §4 pwrite):
 #  - writeback, plugin with native FUA (file plugin): the FUA write goes
 #    through to the plugin at once, with the FUA flag (log filter after

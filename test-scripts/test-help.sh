@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # swiftcache help text (SPEC §1: "nbdkit --filter=... null --help prints
 # its parameters").  EXPECTED TO FAIL against the C cache filter: its
 # help text does not mention cache-min-block-size.

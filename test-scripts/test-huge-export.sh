@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # An export too large for the cache's metadata (SPEC §6: bad input gets a
 # clear error, no crash): `null 1E` with 64K blocks would need 4 TiB of
 # block states.  The connection is refused with a message saying why, and

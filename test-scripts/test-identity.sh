@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # swiftcache-only identity (SPEC §1).  EXPECTED TO FAIL against the C
 # cache filter (FILTER=cache): its name is "cache", it does not export
 # swiftcache_debug_verbose and has no swiftcache.verbose debug flag.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Cache blocks larger than nbdkit's 64 MiB request limit (SPEC §7:
 # "Plugin reads and writes are at most 64 MiB per call").
 # cache-min-block-size=128M, file plugin on a sparse 512 MiB file, log

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The filter loads into nbdkit and serves data: with the null plugin
 # (--run true), with the memory plugin (a write/read round trip), and
 # with every cache mode.  Passes against the C filter too.

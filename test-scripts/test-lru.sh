@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Reclaim drops the least recently used blocks first (SPEC §4
 # cache-max-size).  cache-max-size=1M (16 blocks of 64K), thresholds
 # 95/80, cache-on-read=true, data plugin (data in every block: blocks

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-max-size bounds the cache file (SPEC §2, §4): with
 # cache-max-size=1M the allocated size of the unlinked cache file (found
 # through /proc/PID/fd) stays <= 1M + one 64K block of slack

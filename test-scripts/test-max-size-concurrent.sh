@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Reclaim under concurrency without losing data (SPEC §4 cache-max-size
 # **beyond**, §5).  EXPECTED TO FAIL against the C cache filter, which
 # drops dirty blocks.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-max-size holds under concurrency (SPEC §4 cache-max-size: "the
 # allocated size never passes the high threshold by more than one block
 # per request in flight"; §8 a full cache directory is not the client's

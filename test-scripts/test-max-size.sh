@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-max-size without data loss (SPEC §4 cache-max-size, **beyond**).
 # EXPECTED TO FAIL against the C cache filter, which punches dirty blocks
 # out of the cache and loses their data (about 116 of 128 blocks here).

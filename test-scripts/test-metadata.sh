@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Metadata costs a few bits per block, not bytes (SPEC §4).  A 1 TiB
 # export with 4K cache blocks has 2^28 blocks: at 1 byte per block the
 # filter would need 256 MiB, at 3 bits 96 MiB (5 bits, 160 MiB, with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-min-block-size (SPEC §2, §4): the cache works in whole blocks of
 # max(cache-min-block-size, file system block size); default 64K.  A 4 KiB
 # read with cache-on-read=true makes the plugin read the whole enclosing

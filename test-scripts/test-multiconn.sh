@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Two connections share one cache (SPEC §3 multi-conn rationale):
 #  - writeback: A and B both write, only B flushes -> A's data (and B's)
 #    reaches the plugin's file; A writes and disconnects without a flush,

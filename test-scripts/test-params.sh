@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Parameters (SPEC §2): every bad value makes nbdkit exit non-zero at
 # start-up with an error message naming the parameter (or, for the values
 # parsed by nbdkit's own nbdkit_parse_size / nbdkit_parse_bool, whose

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A plugin that declares a block size minimum (here 4096, an eval plugin
 # over a file) only gets writes aligned to it from write-back, even from a
 # client that ignores the advertised minimum (libnbd with strict mode off):

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # What reaches the plugin, counted by the stats filter placed after ours
 # (request counts, never timing):
 #  - writeback: random 4 KiB writes into a cold cache read nothing from the

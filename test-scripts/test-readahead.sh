@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The readahead filter stacked above ours (SPEC §7: .cache can be called
 # with err == NULL, from readahead's own thread).
 #  1. Plain sequential reads through readahead + ours: right data, and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Read-only exports (SPEC §7: next->pwrite only if next->can_write):
 #  - nbdkit -r: reads (cached with cache-on-read, NBD_CMD_CACHE) work, the
 #    export is read-only, writes are refused, the backing file and the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Reclaim writes dirty blocks back in runs, not one block at a time (SPEC
 # §4 cache-max-size; README: write-back sends runs of dirty blocks as one
 # plugin request).  cache-min-block-size=4K cache-max-size=1M, writeback,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Each connection keeps the size it opened with (SPEC §4 "the export's
 # size changes": the filter never calls next past that connection's size;
 # write-back and reclaim through it skip blocks beyond its end, which stay

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # No stale data after the export shrinks and grows again (SPEC §4 "the
 # export's size changes": when the size shrinks, blocks past the new end
 # are forgotten, so a later growth reads the plugin's new bytes, never

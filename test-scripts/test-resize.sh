@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The export grows between connections (the file plugin's file is
 # extended while nbdkit runs).  The filter sizes its cache from each
 # connection's get_size (as the C filter does in .prepare), so a later

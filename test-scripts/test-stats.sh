@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # cache-stats=FILE (SPEC §8 Statistics).  EXPECTED TO FAIL against the C
 # cache filter: it has no cache-stats (the key goes to the plugin, which
 # refuses it).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The filter under a serialized thread model (SPEC §7: it may call the
 # plugin from a thread of its own only while the final thread model is
 # PARALLEL).  The noparallel filter after ours lowers the thread model to

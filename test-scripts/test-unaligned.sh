@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Unaligned I/O checked byte for byte against a python model (SPEC §4
 # pread/pwrite): odd offsets and lengths, requests across block
 # boundaries, and requests touching the end of an export whose size

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Known-zero blocks (SPEC §8 **beyond**): a zero request, and a write whose
 # whole block is zeroes, record the block as zero without storing data;
 # reads of it need no plugin I/O, it does not count against cache-max-size,

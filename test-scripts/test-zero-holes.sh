@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Plugin data that is all zeroes is cached as a hole (README "Design"):
 # with cache-on-read, reading 8 MiB of a fresh memory plugin (zeroes) caches
 # it (later passes make no plugin reads) while the cache file allocates

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # A zero request with NBD_CMD_FLAG_NO_HOLE never becomes a trim (SPEC §8
 # known-zero blocks: write-back sends zero blocks as one plugin zero "with
 # MAY_TRIM when the client allowed it" - and a client that sets NO_HOLE

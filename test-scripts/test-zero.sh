@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Zero requests (SPEC §4 zero):
 #  - a plain zero behaves like a write of zeroes: cached in writeback (the
 #    backing file is unchanged until a flush, then holds zeroes), written

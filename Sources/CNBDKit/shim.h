@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /* The filter API exactly as installed by nbdkit-plugin-dev. */
 #include <nbdkit-filter.h>
 #include <nbdkit-version.h>

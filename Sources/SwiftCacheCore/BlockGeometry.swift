@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// Block arithmetic: the one copy of the cache block size.
 struct BlockGeometry: Sendable {
     /// max(cache-min-block-size, the cache file system's block size): a power of 2.

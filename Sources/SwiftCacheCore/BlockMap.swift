@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// What the cache holds of one block.
 public enum BlockState: Sendable, Equatable {
     /// Only the plugin has it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// cache-max-size: room in the cache is reserved before blocks are stored,
 /// so the limit holds at every moment, whatever the number and size of the
 /// requests in flight. When there is not enough, the least recently used

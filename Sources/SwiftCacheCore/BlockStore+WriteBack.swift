@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// Write-back, for flush and reclaim alike: one plugin request per run of

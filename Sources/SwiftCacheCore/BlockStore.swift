@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// The block layer: the one owner of the block map, the LRU, the block

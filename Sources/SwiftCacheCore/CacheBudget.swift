@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// What cache-max-size limits: the blocks every export's cache holds or has
 /// reserved, together. Each export has a cache of its own (`Engine`, its
 /// `BlockStore` and cache file); they share one budget, which lets one

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// A failed request: the errno the client receives and a message for the log.

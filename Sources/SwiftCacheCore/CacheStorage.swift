@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// What the block layer needs of the file that holds cached blocks: the seam
 /// where tests inject ENOSPC, EIO and torn writes into every cache-file call.
 /// `CacheFile` is the real one. Block N lives at offset N × block size.

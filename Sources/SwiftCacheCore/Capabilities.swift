@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// What the client sees (SPEC §3), as pure functions of the mode and what
 /// the plugin can do: the C ABI layer only calls these.
 public enum Capabilities {

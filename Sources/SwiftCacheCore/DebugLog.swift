@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// Where the core's messages go: per-block debug messages
 /// (`-D swiftcache.verbose=1` in nbdkit), built only when that is on, and
 /// warnings, which always reach the log.

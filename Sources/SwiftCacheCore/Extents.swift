@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// Block status: the plugin's answer, except where the cache knows better.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// Least-recently-used order for reclaim, in two bit planes (2 bits a block).
 /// Only blocks with storage are candidates: known zeroes take no room.
 ///

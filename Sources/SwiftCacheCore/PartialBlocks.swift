@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// The byte ranges a partly written block holds (offsets within the block).
 ///
 /// A write that covers only part of an uncached block is kept as such a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// The bytes of a write request: the client's data, or zeroes

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// Per-block shared/exclusive locks, so that requests on different blocks
 /// never wait for each other, even while one waits for the plugin.
 ///

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
 
 /// pread and NBD_CMD_CACHE: cached runs come from the cache file, the rest

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Thin, typed wrappers over the few C calls swift-system does not cover.
 // Errors come back as `Errno`; EINTR is retried here and nowhere else.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 /// Whether bytes are all zero, so that plugin data which is only zeroes can
 /// be kept as a hole in the cache file rather than written: unallocated
 /// parts of disk images are the bulk of most cold reads, and a hole costs

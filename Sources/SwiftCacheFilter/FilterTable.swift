@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 import CNBDKit
 
 /// The filter table: the table of contents of the whole filter. Everything

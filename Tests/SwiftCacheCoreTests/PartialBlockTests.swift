@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)

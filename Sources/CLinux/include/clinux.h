@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #ifndef SWIFTCACHE_CLINUX_H
 #define SWIFTCACHE_CLINUX_H
 #include <stdint.h>

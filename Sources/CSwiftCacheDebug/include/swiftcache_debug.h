@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #ifndef SWIFTCACHE_DEBUG_H
 #define SWIFTCACHE_DEBUG_H
 /* Set by nbdkit from `-D swiftcache.verbose=1` (found with dlsym). */
