@@ -9,7 +9,7 @@ SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
 SO          = libswiftcache.so
 SOURCES     = Package.swift $(shell find Sources -type f)
 
-.PHONY: all deps run check unit-test shell-test bench install clean
+.PHONY: all deps run check unit-test shell-test bench install uninstall clean
 
 all: $(SO)
 
@@ -37,8 +37,13 @@ bench: deps $(SO)
 	./bench/run
 
 FILTERDIR = $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^filterdir=//p')
+# Stripped (-s): the symbol table only helps a debugger; nbdkit needs the
+# dynamic symbols, which stay.
 install: $(SO)
-	install -D -m 0755 $(SO) $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+	install -D -s -m 0755 $(SO) $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+
+uninstall:
+	rm -f $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
 
 clean:
 	rm -rf .build $(SO)
