@@ -99,14 +99,10 @@ extension BlockStore {
                 let canWrite = backend.canWrite
                 let reach = geometry.reach(connectionSize: backend.size, size: max(s.exportSize, backend.size))
                 let locks = s.locks, map = s.map
-                func isEvictable(_ block: UInt64) -> Bool {
+                return takeVictims(left, in: &s, holding: owned) { block in
                     (owned.contains(block) || !locks.isLocked(block))
                         && (!map[block].isDirty || canWrite && reach.contains(block))
                 }
-                let chosen = limit != nil ? s.lru.victims(left, in: map, isEvictable: isEvictable)
-                    : s.map.victims(left, hand: &s.reclaimHand, isEvictable: isEvictable)
-                for block in chosen where !owned.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
-                return chosen
             }
             guard !victims.isEmpty else { return count - left }
             let runs = runs(of: victims, limit: runLimit)
@@ -139,11 +135,7 @@ extension BlockStore {
     func dropClean(_ count: UInt64) -> UInt64 {
         let victims: [UInt64] = state.withLock { s in
             let locks = s.locks, map = s.map
-            func isEvictable(_ block: UInt64) -> Bool { !locks.isLocked(block) && !map[block].isDirty }
-            let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
-                : s.map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
-            for block in chosen { s.locks.acquire(block..<block + 1, exclusive: true) }
-            return chosen
+            return takeVictims(count, in: &s, holding: 0..<0) { !locks.isLocked($0) && !map[$0].isDirty }
         }
         debug.blocks("reclaim for another export:", victims)
         dropUnchecked(victims)
@@ -152,6 +144,19 @@ extension BlockStore {
             for block in victims { s.locks.release(block..<block + 1, exclusive: true) }
         }
         return UInt64(victims.count)
+    }
+
+    /// Up to `count` blocks with storage that `isEvictable` accepts, least
+    /// recently used first when cache-max-size keeps that order (else one
+    /// lap of the map from where the last search stopped), locked for the
+    /// caller except those it holds already (`held`).
+    private func takeVictims(_ count: UInt64, in s: inout State, holding held: Range<UInt64>,
+                             isEvictable: (UInt64) -> Bool) -> [UInt64] {
+        let map = s.map
+        let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
+            : map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
+        for block in chosen where !held.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
+        return chosen
     }
 }
 
