@@ -2,14 +2,17 @@
 # swiftcache — see README.md.
 #   make          build ./libswiftcache.so (release, Swift runtime linked in)
 #   make run      install what is missing, build, serve a 1G memory disk through the filter
+#                 (ARGS='cache=unsafe ...' passes parameters to the filter)
 #   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
 SO          = libswiftcache.so
 SOURCES     = Package.swift $(shell find Sources -type f)
+# The one version string lives in Sources/SwiftCacheFilter/Version.swift.
+VERSION    := $(shell sed -n 's/^ *static let number = "\(.*\)"/\1/p' Sources/SwiftCacheFilter/Version.swift)
 
-.PHONY: all deps run check unit-test shell-test bench install uninstall clean
+.PHONY: all deps run check unit-test shell-test bench install uninstall clean version
 
 all: $(SO)
 
@@ -22,7 +25,7 @@ deps:
 	@./scripts/install-deps
 
 run: deps $(SO)
-	@./scripts/serve
+	@./scripts/serve $(ARGS)
 
 check: deps $(SO)
 	@./scripts/check
@@ -44,6 +47,9 @@ install: $(SO)
 
 uninstall:
 	rm -f $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+
+version:
+	@echo $(VERSION)
 
 clean:
 	rm -rf .build $(SO)

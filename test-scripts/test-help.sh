@@ -24,9 +24,19 @@ for p in cache cache-min-block-size cache-max-size cache-high-threshold \
     fi
 done
 # What is always on beyond the C filter (SPEC §8), one line each.
-for w in "known-zero blocks" "one cache per export" "when a connection closes" "full cache directory"; do
-    grep -q "$w" "$tmp/section" && ok "help mentions $w" || bad "help text does not mention $w"
+tr '\n' ' ' <"$tmp/section" | tr -s ' ' >"$tmp/flat"
+for w in "known-zero blocks" "one cache per export" "when a connection closes" "full cache directory" \
+         "TMPDIR" "-D swiftcache.verbose=1" "-D swiftcache.stats=1" "built for nbdkit" "nbdkit-swiftcache-filter(1)"; do
+    grep -qF -- "$w" "$tmp/flat" && ok "help mentions $w" || bad "help text does not mention $w"
 done
+# nbdkit's layout: each parameter starts a line, its text starts in column 27,
+# in the C cache filter's order (cache, cache-on-read, cache-max-size, the thresholds), ours after.
+grep -oE '^cache[a-z-]*=' "$tmp/section" | tr -d = | tr '\n' ' ' >"$tmp/order"
+want="cache cache-on-read cache-max-size cache-high-threshold cache-low-threshold cache-min-block-size cache-stats "
+[ "$(cat "$tmp/order")" = "$want" ] && ok "parameters in the C filter's order" ||
+    bad "parameter order: $(cat "$tmp/order"), want $want"
+awk 'length($0) > 26 && /^cache/ && substr($0, 27, 1) == " " { exit 1 }' "$tmp/section" &&
+    ok "descriptions start in column 27" || bad "a description does not start in column 27"
 # The three modes and the cache-on-read forms.
 for w in writeback writethrough unsafe; do
     grep -q "$w" "$tmp/section" || bad "help text does not mention mode $w"

@@ -4,7 +4,8 @@
 # start-up with an error message naming the parameter (or, for the values
 # parsed by nbdkit's own nbdkit_parse_size / nbdkit_parse_bool, whose
 # messages are "could not parse size string (abc)", naming the bad value);
-# good values start and serve; unknown keys reach the plugin.
+# good values start and serve; unknown keys reach the plugin. One error
+# line each: when nbdkit's parser has said what is wrong, we say nothing more.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -29,6 +30,8 @@ expect_bad() {
         bad "--run command ran although start-up should fail: $what"
     elif ! grep -qi 'error' "$tmp/out"; then
         bad "no error message for: $what (output: $(cat "$tmp/out"))"
+    elif [ "$(grep -ci 'error' "$tmp/out")" -ne 1 ]; then
+        bad "more than one error line for: $what: $(cat "$tmp/out")"
     elif ! grep -qF -- "$want" "$tmp/out" && ! grep -qF -- "$alt" "$tmp/out"; then
         bad "error message for '$what' names neither '$want' nor '$alt': $(cat "$tmp/out")"
     else

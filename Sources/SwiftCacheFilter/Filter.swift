@@ -55,6 +55,7 @@ final class SwiftCacheFilter: Sendable {
             let stats = try settings.statsPath.map { path throws(CacheError) in
                 try StatsFile(path: path, statistics: statistics)
             }
+            Log.debug("swiftcache: \(Version.description)")
             Log.debug("swiftcache: mode \(settings.cache.mode.rawValue), block size \(defaultExport.blockSize), "
                       + "cache files in \(directory), up to \(threads) write-back requests at once"
                       + (stats.map { ", statistics in \($0.path)" } ?? ""))

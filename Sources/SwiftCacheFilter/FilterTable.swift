@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: BSD-3-Clause
 import CNBDKit
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The filter table: the table of contents of the whole filter. Everything
 /// not listed here (get_size, can_write, can_trim, can_extents, ...) is the
 /// plugin's own.
@@ -10,7 +14,7 @@ enum FilterTable {
         filter._api_version = NBDKIT_FILTER_API_VERSION
         filter._version = swiftcache_nbdkit_version()
         filter.name = cString("swiftcache")
-        filter.longname = cString("swiftcache: a block cache written in Swift")
+        filter.longname = UnsafePointer(strdup(Version.longname))  // lives as long as the table
         filter.description = cString("""
             Caches the plugin's blocks in a local sparse file, like nbdkit's cache
             filter, without losing dirty data to reclaim and with block status

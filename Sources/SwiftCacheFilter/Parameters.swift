@@ -9,28 +9,34 @@ import Glibc
 /// The filter's parameters: names, defaults and checks as nbdkit's cache
 /// filter has them, parsed with nbdkit's own rules.
 enum Parameters {
+    /// `--help`: nbdkit's column layout, the C cache filter's order, then ours.
     static let help: StaticString = """
-        cache=writeback|writethrough|unsafe
-                                    Set cache mode, default writeback.
-        cache-min-block-size=SIZE   Minimum size of a cache block
-                                    (power of 2, >= 4096, default 64K).
-        cache-max-size=SIZE         Set maximum space used by the cache (>= 1M).
-        cache-high-threshold=PCT    Percentage of max size where reclaim
-                                    begins (default 95).
-        cache-low-threshold=PCT     Percentage of max size where reclaim
-                                    ends (default 80).
-        cache-on-read=true|false|/PATH
-                                    Set to true to cache on reads, or to an
-                                    absolute path to cache on reads while
-                                    that file exists (default false).
-        cache-stats=FILE            Keep a report of the cache's statistics
-                                    in FILE, updated at most once a second.
-        Always on, beyond nbdkit's cache filter:
-          known-zero blocks: zeroes are kept without data, take no room,
-            and are written back as plugin zero requests;
-          one cache per export (cache-max-size limits them together);
-          writeback writes dirty blocks back when a connection closes;
-          a full cache directory sends requests to the plugin, not errors.
+        cache=MODE                Set cache MODE, one of writeback (default),
+                                  writethrough, or unsafe.
+        cache-on-read=BOOL|/PATH  Set to true to cache on reads, or to an
+                                  absolute /PATH to cache on reads while that
+                                  file exists (default false).
+        cache-max-size=SIZE       Set maximum space used by cache (>= 1M,
+                                  default: no limit).
+        cache-high-threshold=PCT  Percentage of max size where reclaim begins
+                                  (default 95).
+        cache-low-threshold=PCT   Percentage of max size where reclaim ends
+                                  (default 80).
+        cache-min-block-size=SIZE Minimum size of a cache block: a power of 2,
+                                  >= 4096 (default 64K, or the file system's
+                                  block size if larger).
+        cache-stats=FILE          Keep a report of the cache's statistics in
+                                  FILE, updated at most once a second.
+        TMPDIR (environment)      Directory of the cache files (default
+                                  /var/tmp).
+        -D swiftcache.verbose=1   Debug messages about cache decisions.
+        -D swiftcache.stats=1     Log the statistics report at exit.
+        Always on, beyond nbdkit's cache filter: known-zero blocks (zeroes
+        take no room and are written back as zero requests); one cache
+        per export; writeback writes dirty blocks back when a connection
+        closes; a full cache directory sends requests to the plugin, not
+        errors.
+        See nbdkit-swiftcache-filter(1).
         """
 
     enum Outcome { case handled, notOurs, failed }
@@ -52,21 +58,19 @@ enum Parameters {
             settings.cache.mode = mode
         case "cache-min-block-size":
             let size = nbdkit_parse_size(value)
-            guard size != -1 else { return fail("cache-min-block-size=\(value): not a size") }
+            guard size != -1 else { return .failed }  // nbdkit_parse_size said why
             guard size >= 4096, size <= Int64(UInt32.max), size.nonzeroBitCount == 1 else {
                 return fail("cache-min-block-size=\(value): must be a power of 2, at least 4096 and at most 4G-1")
             }
             settings.cache.minBlockSize = UInt64(size)
         case "cache-max-size":
             let size = nbdkit_parse_size(value)
-            guard size != -1 else { return fail("cache-max-size=\(value): not a size") }
+            guard size != -1 else { return .failed }  // nbdkit_parse_size said why
             guard size >= 1 << 20 else { return fail("cache-max-size=\(value): too small, must be at least 1M") }
             settings.cache.maxSize = UInt64(size)
         case "cache-high-threshold", "cache-low-threshold":
             var percent: UInt32 = 0
-            guard nbdkit_parse_unsigned(key, value, &percent) != -1 else {
-                return fail("\(key)=\(value): not an unsigned integer")
-            }
+            guard nbdkit_parse_unsigned(key, value, &percent) != -1 else { return .failed }  // it said why
             guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
             if key == "cache-high-threshold" {
                 settings.cache.highThreshold = UInt64(percent)
@@ -78,7 +82,7 @@ enum Parameters {
                 settings.cache.cacheOnRead = .whilePathExists(value)
             } else {
                 let on = nbdkit_parse_bool(value)
-                guard on != -1 else { return fail("cache-on-read=\(value): must be true, false or an absolute /PATH") }
+                guard on != -1 else { return .failed }  // nbdkit_parse_bool said why
                 settings.cache.cacheOnRead = on == 1 ? .always : .never
             }
         case "cache-stats":
