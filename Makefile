@@ -6,7 +6,7 @@
 #   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
 
-SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
+SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib --disable-local-rpath
 SO          = libswiftcache.so
 SOURCES     = Package.swift $(shell find Sources -type f)
 # The one version string lives in Sources/SwiftCacheFilter/Version.swift.

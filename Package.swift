@@ -34,7 +34,10 @@ let package = Package(
             dependencies: ["CNBDKit", "CSwiftCacheDebug", "CLinux", "SwiftCacheCore",
                            .product(name: "SystemPackage", package: "swift-system")],
             linkerSettings: [
-                .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/swiftcache.syms"]),
+                // lld, not gold: gold leaves symbols the version script made local in
+                // .dynsym. -z now: every symbol bound at load (hardening, as Debian builds).
+                .unsafeFlags(["-use-ld=lld", "-Xlinker", "--version-script=\(Context.packageDirectory)/swiftcache.syms",
+                              "-Xlinker", "-z", "-Xlinker", "now"]),
             ]
         ),
         .testTarget(
