@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # swiftcache — see README.md.
-#   make          build ./libswiftcache.so (release, Swift runtime linked in)
+#   make          build ./libswiftcache.so (release, Swift runtime linked in) and the man page
+#                 ./nbdkit-swiftcache-filter.1 (from doc/nbdkit-swiftcache-filter.pod, with pod2man)
 #   make run      install what is missing, build, serve a 1G memory disk through the filter
 #                 (ARGS='cache=unsafe ...' passes parameters to the filter)
 #   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
+#   make install  the filter into nbdkit's filterdir, the man page into $(MANDIR)/man1 (DESTDIR honoured)
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib --disable-local-rpath
 SO          = libswiftcache.so
@@ -12,13 +14,37 @@ SOURCES     = Package.swift $(shell find Sources -type f)
 # The one version string lives in Sources/SwiftCacheFilter/Version.swift.
 VERSION    := $(shell sed -n 's/^ *static let number = "\(.*\)"/\1/p' Sources/SwiftCacheFilter/Version.swift)
 
-.PHONY: all deps run check unit-test shell-test bench install uninstall clean version
+# The man page. Its date is fixed, so that a build is reproducible:
+# SOURCE_DATE_EPOCH when set, else the date of the last commit that changed
+# the page or the version, else (outside git) a constant.
+MAN        = nbdkit-swiftcache-filter.1
+POD        = doc/nbdkit-swiftcache-filter.pod
+MAN_DATE  := $(if $(SOURCE_DATE_EPOCH),$(shell date -u -d "@$(SOURCE_DATE_EPOCH)" +%Y-%m-%d),$(shell \
+               git log -1 --format=%cs -- $(POD) Sources/SwiftCacheFilter/Version.swift 2>/dev/null))
+ifeq ($(MAN_DATE),)
+MAN_DATE  := 2026-12-02
+endif
 
-all: $(SO)
+.PHONY: all man deps run check unit-test shell-test bench install uninstall clean version
+
+PREFIX ?= /usr/local
+MANDIR ?= $(PREFIX)/share/man
+
+all: $(SO) $(MAN)
 
 $(SO): $(SOURCES)
 	$(SWIFT_BUILD) --product swiftcache
 	cp "$$($(SWIFT_BUILD) --show-bin-path)/$(SO)" $@
+
+man: $(MAN)
+
+# pod2man (Debian package perl); @VERSION@ in the page becomes $(VERSION).
+$(MAN): $(POD) Sources/SwiftCacheFilter/Version.swift
+	@test -n "$(VERSION)" || { echo "no version in Sources/SwiftCacheFilter/Version.swift" >&2; exit 1; }
+	sed 's/@VERSION@/$(VERSION)/g' $(POD) | pod2man --section=1 --center=nbdkit \
+	    --release="swiftcache $(VERSION)" --name=nbdkit-swiftcache-filter --date="$(MAN_DATE)" \
+	    --errors=die >$@.tmp || { rm -f $@.tmp; exit 1; }
+	mv $@.tmp $@
 
 # Debian packages the filter and its tests need (installed only when missing).
 deps:
@@ -27,13 +53,13 @@ deps:
 run: deps $(SO)
 	@./scripts/serve $(ARGS)
 
-check: deps $(SO)
+check: deps $(SO) $(MAN)
 	@./scripts/check
 
 unit-test:
 	swift test
 
-shell-test: $(SO)
+shell-test: $(SO) $(MAN)
 	./test-scripts/run.sh
 
 bench: deps $(SO)
@@ -42,14 +68,17 @@ bench: deps $(SO)
 FILTERDIR = $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^filterdir=//p')
 # Stripped (-s): the symbol table only helps a debugger; nbdkit needs the
 # dynamic symbols, which stay.
-install: $(SO)
+# The man page goes under PREFIX (default /usr/local; a package uses PREFIX=/usr).
+install: $(SO) $(MAN)
 	install -D -s -m 0755 $(SO) $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+	install -D -m 0644 $(MAN) $(DESTDIR)$(MANDIR)/man1/$(MAN)
 
 uninstall:
 	rm -f $(DESTDIR)$(FILTERDIR)/nbdkit-swiftcache-filter.so
+	rm -f $(DESTDIR)$(MANDIR)/man1/$(MAN)
 
 version:
 	@echo $(VERSION)
 
 clean:
-	rm -rf .build $(SO)
+	rm -rf .build $(SO) $(MAN) $(MAN).tmp
