@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: BSD-3-Clause
 # Parameters (SPEC §2): every bad value makes nbdkit exit non-zero at
-# start-up with an error message naming the parameter (or, for the values
-# parsed by nbdkit's own nbdkit_parse_size / nbdkit_parse_bool, whose
-# messages are "could not parse size string (abc)", naming the bad value);
-# good values start and serve; unknown keys reach the plugin. One error
-# line each: when nbdkit's parser has said what is wrong, we say nothing more.
+# start-up with one error line naming the parameter (TMPDIR: the directory);
+# where nbdkit's own parser rejects the value, that line carries the
+# parser's reason ("swiftcache: cache-max-size=abc: could not parse size
+# string (abc)"), not a second line. Good values start and serve; unknown
+# keys reach the plugin.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -32,6 +32,8 @@ expect_bad() {
         bad "no error message for: $what (output: $(cat "$tmp/out"))"
     elif [ "$(grep -ci 'error' "$tmp/out")" -ne 1 ]; then
         bad "more than one error line for: $what: $(cat "$tmp/out")"
+    elif [[ $want == cache* ]] && ! grep -qE -- "$want[= ]" "$tmp/out"; then
+        bad "error message for '$what' does not name $want: $(cat "$tmp/out")"
     elif ! grep -qF -- "$want" "$tmp/out" && ! grep -qF -- "$alt" "$tmp/out"; then
         bad "error message for '$what' names neither '$want' nor '$alt': $(cat "$tmp/out")"
     else

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 #include <linux/magic.h>
@@ -24,4 +25,8 @@ int swiftcache_is_tmpfs (int fd) {
   if (fstatfs (fd, &info) == -1)
     return -1;
   return info.f_type == TMPFS_MAGIC;
+}
+
+int swiftcache_memfd (const char *name) {
+  return memfd_create (name, MFD_CLOEXEC);
 }

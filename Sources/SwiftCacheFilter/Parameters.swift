@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import CLinux
 import CNBDKit
 import SwiftCacheCore
 
@@ -57,20 +58,18 @@ enum Parameters {
             }
             settings.cache.mode = mode
         case "cache-min-block-size":
-            let size = nbdkit_parse_size(value)
-            guard size != -1 else { return .failed }  // nbdkit_parse_size said why
+            guard let size = parse(key, value, { nbdkit_parse_size(value) }) else { return .failed }
             guard size >= 4096, size <= Int64(UInt32.max), size.nonzeroBitCount == 1 else {
                 return fail("cache-min-block-size=\(value): must be a power of 2, at least 4096 and at most 4G-1")
             }
             settings.cache.minBlockSize = UInt64(size)
         case "cache-max-size":
-            let size = nbdkit_parse_size(value)
-            guard size != -1 else { return .failed }  // nbdkit_parse_size said why
+            guard let size = parse(key, value, { nbdkit_parse_size(value) }) else { return .failed }
             guard size >= 1 << 20 else { return fail("cache-max-size=\(value): too small, must be at least 1M") }
             settings.cache.maxSize = UInt64(size)
         case "cache-high-threshold", "cache-low-threshold":
             var percent: UInt32 = 0
-            guard nbdkit_parse_unsigned(key, value, &percent) != -1 else { return .failed }  // it said why
+            guard parse(key, value, { nbdkit_parse_unsigned(key, value, &percent) }) != nil else { return .failed }
             guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
             if key == "cache-high-threshold" {
                 settings.cache.highThreshold = UInt64(percent)
@@ -81,8 +80,7 @@ enum Parameters {
             if value.hasPrefix("/") {
                 settings.cache.cacheOnRead = .whilePathExists(value)
             } else {
-                let on = nbdkit_parse_bool(value)
-                guard on != -1 else { return .failed }  // nbdkit_parse_bool said why
+                guard let on = parse(key, value, { nbdkit_parse_bool(value) }) else { return .failed }
                 settings.cache.cacheOnRead = on == 1 ? .always : .never
             }
         case "cache-stats":
@@ -107,6 +105,55 @@ enum Parameters {
             Log.error("swiftcache: \(error.context)")
             return false
         }
+    }
+
+    /// Runs one of nbdkit's parsers (`nbdkit_parse_size`, `_bool`, `_unsigned`:
+    /// -1 means rejected) with what it writes to stderr caught, so a rejected
+    /// value gives one error line that names the parameter as well as why:
+    /// `swiftcache: cache-max-size=abc: could not parse size string (abc)`.
+    /// nbdkit configures filters on its one thread, before any other exists.
+    private static func parse<Result: BinaryInteger>(_ key: String, _ value: String,
+                                                     _ parser: () -> Result) -> Result? {
+        let (result, said) = catchingStderr(parser)
+        guard result == -1 else {
+            if !said.isEmpty { _ = write(STDERR_FILENO, said, said.utf8.count) }  // not an error: as it was
+            return result
+        }
+        // "nbdkit: error: could not parse size string (abc)": "could not parse size string (abc)"
+        let line = said.split(separator: "\n").first ?? ""
+        var why = line.split(separator: "error: ", maxSplits: 1).last ?? line
+        if why.hasPrefix("\(key): ") { why = why.dropFirst(key.count + 2) }  // nbdkit_parse_unsigned names it
+        Log.error("swiftcache: \(key)=\(value): \(why.isEmpty ? "not a valid value" : why)")
+        return nil
+    }
+
+    /// Calls `body` with file descriptor 2 pointed at a file in memory, and
+    /// returns what it wrote there. A file, not a pipe: a pipe would block a
+    /// message longer than its buffer (a value can be 128 KiB). If the file
+    /// cannot be made, `body` writes to stderr as usual.
+    private static func catchingStderr<Result>(_ body: () -> Result) -> (Result, String) {
+        let file = swiftcache_memfd("swiftcache-stderr")
+        guard file >= 0 else { return (body(), "") }
+        defer { close(file) }
+        let saved = dup(STDERR_FILENO)
+        guard saved >= 0 else { return (body(), "") }
+        fflush(nil)
+        dup2(file, STDERR_FILENO)
+        let result = body()
+        fflush(nil)
+        dup2(saved, STDERR_FILENO)
+        close(saved)
+        var said: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        var offset: off_t = 0
+        while true {
+            let count = pread(file, &chunk, chunk.count, offset)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            said += chunk[..<count]
+            offset += off_t(count)
+        }
+        return (result, String(decoding: said, as: UTF8.self))
     }
 
     private static func fail(_ message: String) -> Outcome {

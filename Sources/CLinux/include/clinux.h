@@ -12,4 +12,6 @@ int swiftcache_punch_hole (int fd, int64_t offset, int64_t length);
 int64_t swiftcache_seek_data (int fd, int64_t offset);
 /* Whether fd lives on tmpfs (fstatfs f_type == TMPFS_MAGIC): 1, 0, or -1. */
 int swiftcache_is_tmpfs (int fd);
+/* memfd_create (name, MFD_CLOEXEC): an anonymous file in memory. */
+int swiftcache_memfd (const char *name);
 #endif
