@@ -10,7 +10,10 @@
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib --disable-local-rpath
 SO          = libswiftcache.so
-SOURCES     = Package.swift $(shell find Sources -type f)
+SOURCES     = Package.swift swiftcache.syms $(shell find Sources -type f)
+# nbdkit loads only a filter built against its own header: an nbdkit upgrade
+# (a new nbdkit-version.h) must rebuild the filter.
+NBDKIT_HEADERS = $(wildcard $(shell pkg-config --variable=includedir nbdkit 2>/dev/null)/nbdkit-*.h)
 # The one version string lives in Sources/SwiftCacheFilter/Version.swift.
 VERSION    := $(shell sed -n 's/^ *static let number = "\(.*\)"/\1/p' Sources/SwiftCacheFilter/Version.swift)
 
@@ -32,7 +35,7 @@ MANDIR ?= $(PREFIX)/share/man
 
 all: $(SO) $(MAN)
 
-$(SO): $(SOURCES)
+$(SO): $(SOURCES) $(NBDKIT_HEADERS)
 	$(SWIFT_BUILD) --product swiftcache
 	cp "$$($(SWIFT_BUILD) --show-bin-path)/$(SO)" $@
 
