@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// What the client sees (SPEC §3), checked against the table written out by
@@ -36,8 +37,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in [false, true] {
                 let expected = Self.canFlushTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.canFlush(mode: mode, plugin: plugin), expected,
-                               "can_flush, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.canFlush(mode: mode, plugin: plugin), expected,
+                    "can_flush, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -51,8 +53,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in FUAMode.allCases {
                 let expected = Self.fuaTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.fua(mode: mode, plugin: plugin), expected,
-                               "can_fua, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.fua(mode: mode, plugin: plugin), expected,
+                    "can_fua, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -66,8 +69,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in [false, true] {
                 let expected = Self.multiConnTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.canMultiConn(mode: mode, plugin: plugin), expected,
-                               "can_multi_conn, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.canMultiConn(mode: mode, plugin: plugin), expected,
+                    "can_multi_conn, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -83,35 +87,43 @@ final class CapabilityTests: EngineTestCase {
     /// A plugin with no constraints gets minimum 1, preferred = the cache block, maximum 0xffffffff.
     func testBlockSizeWhenThePluginSetsNone() {
         for block: UInt64 in [4096, 65536, 1 << 20] {
-            XCTAssertEqual(Capabilities.blockSize(plugin: sizes(0, 0, 0), cacheBlock: block),
-                           sizes(1, UInt32(block), 0xffff_ffff), "cache block \(block)")
+            XCTAssertEqual(
+                Capabilities.blockSize(plugin: sizes(0, 0, 0), cacheBlock: block),
+                sizes(1, UInt32(block), 0xffff_ffff), "cache block \(block)")
         }
     }
 
     /// A plugin maximum below the cache block keeps the plugin's preferred size.
     func testBlockSizeWithAPluginMaximumBelowTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 4096, 32768), cacheBlock: 65536),
-                       sizes(512, 4096, 32768))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(1, 512, 65535), cacheBlock: 65536),
-                       sizes(1, 512, 65535))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 4096, 32768), cacheBlock: 65536),
+            sizes(512, 4096, 32768))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(1, 512, 65535), cacheBlock: 65536),
+            sizes(1, 512, 65535))
     }
 
     /// A plugin maximum at or above the cache block raises the preferred size to the cache block.
     func testBlockSizeWithAPluginMaximumAboveTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 4096, 1 << 20), cacheBlock: 65536),
-                       sizes(512, 65536, 1 << 20))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(1, 512, 65536), cacheBlock: 65536),
-                       sizes(1, 65536, 65536))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(4096, 4096, 0xffff_ffff), cacheBlock: 1 << 20),
-                       sizes(4096, 1 << 20, 0xffff_ffff))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 4096, 1 << 20), cacheBlock: 65536),
+            sizes(512, 65536, 1 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(1, 512, 65536), cacheBlock: 65536),
+            sizes(1, 65536, 65536))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(4096, 4096, 0xffff_ffff), cacheBlock: 1 << 20),
+            sizes(4096, 1 << 20, 0xffff_ffff))
     }
 
     /// A plugin preferred size already larger than the cache block is kept.
     func testBlockSizeWithAPluginPreferredLargerThanTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 1 << 20, 32 << 20), cacheBlock: 65536),
-                       sizes(512, 1 << 20, 32 << 20))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(131072, 131072, 1 << 20), cacheBlock: 65536),
-                       sizes(131072, 131072, 1 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 1 << 20, 32 << 20), cacheBlock: 65536),
+            sizes(512, 1 << 20, 32 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(131072, 131072, 1 << 20), cacheBlock: 65536),
+            sizes(131072, 131072, 1 << 20))
     }
 
     // MARK: CacheConfig.validate and Engine.init
@@ -133,10 +145,36 @@ final class CapabilityTests: EngineTestCase {
             ("min block size 8G", config { $0.minBlockSize = 1 << 33 }),
             ("high threshold 0", config { $0.highThreshold = 0 }),
             ("low threshold 0", config { $0.lowThreshold = 0 }),
-            ("high threshold 0 with a max size", config { $0.highThreshold = 0; $0.maxSize = MiB }),
-            ("low threshold 0 with a max size", config { $0.lowThreshold = 0; $0.maxSize = MiB }),
-            ("low > high with a max size", config { $0.lowThreshold = 95; $0.highThreshold = 80; $0.maxSize = MiB }),
-            ("low == high with a max size", config { $0.lowThreshold = 90; $0.highThreshold = 90; $0.maxSize = MiB }),
+            (
+                "high threshold 0 with a max size",
+                config {
+                    $0.highThreshold = 0
+                    $0.maxSize = MiB
+                }
+            ),
+            (
+                "low threshold 0 with a max size",
+                config {
+                    $0.lowThreshold = 0
+                    $0.maxSize = MiB
+                }
+            ),
+            (
+                "low > high with a max size",
+                config {
+                    $0.lowThreshold = 95
+                    $0.highThreshold = 80
+                    $0.maxSize = MiB
+                }
+            ),
+            (
+                "low == high with a max size",
+                config {
+                    $0.lowThreshold = 90
+                    $0.highThreshold = 90
+                    $0.maxSize = MiB
+                }
+            ),
             ("max size 1M - 1", config { $0.maxSize = MiB - 1 }),
             ("max size 0", config { $0.maxSize = 0 }),
         ]
@@ -148,12 +186,37 @@ final class CapabilityTests: EngineTestCase {
             ("the defaults", CacheConfig()),
             ("min block size 4096", config { $0.minBlockSize = 4096 }),
             ("min block size 2G", config { $0.minBlockSize = 1 << 31 }),
-            ("low > high without a max size", config { $0.lowThreshold = 95; $0.highThreshold = 80 }),
-            ("low == high without a max size", config { $0.lowThreshold = 90; $0.highThreshold = 90 }),
+            (
+                "low > high without a max size",
+                config {
+                    $0.lowThreshold = 95
+                    $0.highThreshold = 80
+                }
+            ),
+            (
+                "low == high without a max size",
+                config {
+                    $0.lowThreshold = 90
+                    $0.highThreshold = 90
+                }
+            ),
             ("max size 1M", config { $0.maxSize = MiB }),
-            ("thresholds 1 and 2 with a max size",
-             config { $0.lowThreshold = 1; $0.highThreshold = 2; $0.maxSize = MiB }),
-            ("thresholds over 100", config { $0.lowThreshold = 150; $0.highThreshold = 200; $0.maxSize = MiB }),
+            (
+                "thresholds 1 and 2 with a max size",
+                config {
+                    $0.lowThreshold = 1
+                    $0.highThreshold = 2
+                    $0.maxSize = MiB
+                }
+            ),
+            (
+                "thresholds over 100",
+                config {
+                    $0.lowThreshold = 150
+                    $0.highThreshold = 200
+                    $0.maxSize = MiB
+                }
+            ),
         ]
     }
 
