@@ -3,7 +3,8 @@
 #   make          build ./libswiftcache.so (release, Swift runtime linked in)
 #   make run      install what is missing, build, serve a 1G memory disk through the filter
 #                 (ARGS='cache=unsafe ...' passes parameters to the filter)
-#   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
+#   make check    unit tests + nbdkit tests + lint, one closing "N passed, M failed" line
+#   make lint     swift-format (the toolchain's) with .swift-format, strict; no output when clean
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
@@ -12,7 +13,7 @@ SOURCES     = Package.swift $(shell find Sources -type f)
 # The one version string lives in Sources/SwiftCacheFilter/Version.swift.
 VERSION    := $(shell sed -n 's/^ *static let number = "\(.*\)"/\1/p' Sources/SwiftCacheFilter/Version.swift)
 
-.PHONY: all deps run check unit-test shell-test bench install uninstall clean version
+.PHONY: all deps run check unit-test shell-test lint bench install uninstall clean version
 
 all: $(SO)
 
@@ -35,6 +36,12 @@ unit-test:
 
 shell-test: $(SO)
 	./test-scripts/run.sh
+
+# Every Swift file, against the checked-in .swift-format. To fix what it reports:
+#   swift format format --in-place --recursive --configuration .swift-format $(LINT_PATHS)
+LINT_PATHS = Package.swift Sources Tests
+lint:
+	swift format lint --strict --recursive --configuration .swift-format $(LINT_PATHS)
 
 bench: deps $(SO)
 	./bench/run

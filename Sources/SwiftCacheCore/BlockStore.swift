@@ -530,6 +530,9 @@ protocol BlockAccess { static var isExclusive: Bool { get } }
 enum Shared: BlockAccess { static let isExclusive = false }
 enum Exclusive: BlockAccess { static let isExclusive = true }
 
+// The initializer is written out so that it stays fileprivate whatever the
+// properties' access.
+// swift-format-ignore: UseSynthesizedInitializer
 /// Proof that the caller holds `blocks`; they are unlocked when it goes.
 /// Only the block layer makes one, by locking the blocks.
 struct HeldBlocks<Access: BlockAccess>: ~Copyable {

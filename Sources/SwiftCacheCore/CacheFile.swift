@@ -137,10 +137,12 @@ public final class CacheFile: CacheStorage {
     /// Makes a range read as zeroes: a hole where the file system can punch
     /// one, written zeroes where it cannot.
     public func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
+        // swift-format 6.3 writes `catch  where` with two spaces (swiftlang/swift-format#1076).
+        // swift-format-ignore
         do {
             try fd.punchHole(at: offset, length: length)
             return
-        } catch  where error == .notSupported || error == .notSupportedOnSocket {
+        } catch where error == .notSupported || error == .notSupportedOnSocket {
             // Fall through to writing zeroes.
         } catch {
             throw CacheError(error, "cache file punch hole of \(length) bytes at \(offset)")

@@ -64,9 +64,7 @@ extension Engine {
     private func statusOverrides(
         _ before: [(blocks: Range<UInt64>, state: BlockState)],
         _ after: [(blocks: Range<UInt64>, state: BlockState)]
-    )
-        -> [(bytes: Range<UInt64>, status: KnownStatus)]
-    {
+    ) -> [(bytes: Range<UInt64>, status: KnownStatus)] {
         // Every place a run starts or ends, before or after: between two of
         // them each side is one state (or the plugin's answer).
         let edges = Set((before + after).flatMap { [$0.blocks.lowerBound, $0.blocks.upperBound] }).sorted()

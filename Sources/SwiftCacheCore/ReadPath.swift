@@ -146,8 +146,7 @@ extension Engine {
             let limit = max(1, backend.transferLimit >> geometry.shift)
             let wanted = next..<min(run.upperBound, next + limit)
             var reservation = blocks.reserve(
-                wanted, reclaimable: read.locked.lowerBound..<next, in: held,
-                backend: backend)
+                wanted, reclaimable: read.locked.lowerBound..<next, in: held, backend: backend)
             let chunk = reservation.chunk
             guard !chunk.isEmpty else {
                 // No room even after reclaim: served from the plugin, not kept.

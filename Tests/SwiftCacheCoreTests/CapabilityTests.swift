@@ -134,6 +134,10 @@ final class CapabilityTests: EngineTestCase {
         return config
     }
 
+    // badConfigs and goodConfigs: one configuration a line, as a table
+    // (swift-format would spread each closure that changes two or three
+    // settings over four or five lines).
+    // swift-format-ignore
     /// Configurations SPEC §2 refuses, each with what it breaks.
     private var badConfigs: [(String, CacheConfig)] {
         [
@@ -145,78 +149,28 @@ final class CapabilityTests: EngineTestCase {
             ("min block size 8G", config { $0.minBlockSize = 1 << 33 }),
             ("high threshold 0", config { $0.highThreshold = 0 }),
             ("low threshold 0", config { $0.lowThreshold = 0 }),
-            (
-                "high threshold 0 with a max size",
-                config {
-                    $0.highThreshold = 0
-                    $0.maxSize = MiB
-                }
-            ),
-            (
-                "low threshold 0 with a max size",
-                config {
-                    $0.lowThreshold = 0
-                    $0.maxSize = MiB
-                }
-            ),
-            (
-                "low > high with a max size",
-                config {
-                    $0.lowThreshold = 95
-                    $0.highThreshold = 80
-                    $0.maxSize = MiB
-                }
-            ),
-            (
-                "low == high with a max size",
-                config {
-                    $0.lowThreshold = 90
-                    $0.highThreshold = 90
-                    $0.maxSize = MiB
-                }
-            ),
+            ("high threshold 0 with a max size", config { $0.highThreshold = 0; $0.maxSize = MiB }),
+            ("low threshold 0 with a max size", config { $0.lowThreshold = 0; $0.maxSize = MiB }),
+            ("low > high with a max size", config { $0.lowThreshold = 95; $0.highThreshold = 80; $0.maxSize = MiB }),
+            ("low == high with a max size", config { $0.lowThreshold = 90; $0.highThreshold = 90; $0.maxSize = MiB }),
             ("max size 1M - 1", config { $0.maxSize = MiB - 1 }),
             ("max size 0", config { $0.maxSize = 0 }),
         ]
     }
 
+    // swift-format-ignore
     /// Configurations SPEC §2 accepts, at the edges of the checks.
     private var goodConfigs: [(String, CacheConfig)] {
         [
             ("the defaults", CacheConfig()),
             ("min block size 4096", config { $0.minBlockSize = 4096 }),
             ("min block size 2G", config { $0.minBlockSize = 1 << 31 }),
-            (
-                "low > high without a max size",
-                config {
-                    $0.lowThreshold = 95
-                    $0.highThreshold = 80
-                }
-            ),
-            (
-                "low == high without a max size",
-                config {
-                    $0.lowThreshold = 90
-                    $0.highThreshold = 90
-                }
-            ),
+            ("low > high without a max size", config { $0.lowThreshold = 95; $0.highThreshold = 80 }),
+            ("low == high without a max size", config { $0.lowThreshold = 90; $0.highThreshold = 90 }),
             ("max size 1M", config { $0.maxSize = MiB }),
-            (
-                "thresholds 1 and 2 with a max size",
-                config {
-                    $0.lowThreshold = 1
-                    $0.highThreshold = 2
-                    $0.maxSize = MiB
-                }
-            ),
-            (
-                "thresholds over 100",
-                config {
-                    $0.lowThreshold = 150
-                    $0.highThreshold = 200
-                    $0.maxSize = MiB
-                }
-            ),
+            ("thresholds 1 and 2 with a max size",
+             config { $0.lowThreshold = 1; $0.highThreshold = 2; $0.maxSize = MiB }),
+            ("thresholds over 100", config { $0.lowThreshold = 150; $0.highThreshold = 200; $0.maxSize = MiB }),
         ]
     }
 

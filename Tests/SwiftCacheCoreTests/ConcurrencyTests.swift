@@ -332,11 +332,9 @@ final class FlushRaceTests: EngineTestCase {
                 let held = e.isLocked(5)
                 seen.withLock { $0.append("write-back of block 5 with block 5 \(held ? "held" : "NOT held")") }
                 Thread {
-                    do {
-                        try e.writeBytes(
-                            new5, at: 5 * B,
-                            b)
-                    } catch { seen.withLock { $0.append("writer: \(error)") } }
+                    do { try e.writeBytes(new5, at: 5 * B, b) } catch {
+                        seen.withLock { $0.append("writer: \(error)") }
+                    }
                     writerDone.withLock { $0 = true }
                 }.start()
                 // A writer must wait for the flush; give it 200 ms to show that it does not.

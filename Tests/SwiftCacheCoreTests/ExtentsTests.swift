@@ -21,9 +21,7 @@ final class ExtentsTests: EngineTestCase {
             try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
             [
                 Extent(offset: 0, length: 8 * B, type: holeZero),
-                Extent(
-                    offset: 8 * B, length: 8 * B,
-                    type: 0),
+                Extent(offset: 8 * B, length: 8 * B, type: 0),
             ])
         XCTAssertEqual(
             try e.extents(count: 100, at: 1000, onlyOne: false, backend: b),
@@ -155,9 +153,7 @@ final class ExtentsTests: EngineTestCase {
             try e.extents(count: 1000, at: 5000, onlyOne: false, backend: b),
             [
                 Extent(offset: 5000, length: 10, type: 0),
-                Extent(
-                    offset: 5010, length: 100,
-                    type: Extent.hole),
+                Extent(offset: 5010, length: 100, type: Extent.hole),
             ])
         // No answer at all: data.
         b.setExtentsAnswer { _, _, _ in [] }

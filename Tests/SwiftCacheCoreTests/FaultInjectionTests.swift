@@ -120,10 +120,7 @@ final class FaultInjectionTests: EngineTestCase {
                 r.cache(2 * B, at: 12 * B)
                 r.cache(9 * B, at: 3 * B)
             },
-            Scenario(
-                "cache-on-read read of the whole export", onRead, [[.read], [.write]],
-                setup: prepare
-            ) {
+            Scenario("cache-on-read read of the whole export", onRead, [[.read], [.write]], setup: prepare) {
                 $0.read(MiB, at: 0)
             },
         ])
@@ -1089,10 +1086,7 @@ final class Rig {
 
     /// Runs a request: whether it succeeded. A failure must be a CacheError
     /// carrying an armed errno.
-    func attempt(
-        _ what: @autoclosure () -> String, file: StaticString, line: UInt,
-        _ body: () throws -> Void
-    ) -> Bool {
+    func attempt(_ what: @autoclosure () -> String, file: StaticString, line: UInt, _ body: () throws -> Void) -> Bool {
         do {
             try body()
             return true

@@ -239,9 +239,7 @@ final class PartialBlockTests: EngineTestCase {
                 b.stats.readLog.filter { $0 == completion }, [completion],
                 "\(what): one read completes the block")
             let touching2 = b.stats.readLog.filter { $0.offset <= 2 * B && $0.offset + $0.length > 2 * B }
-            XCTAssertEqual(
-                touching2,
-                [completion], "\(what): no other read of block 2")
+            XCTAssertEqual(touching2, [completion], "\(what): no other read of block 2")
             XCTAssertEqual(e.state(ofBlock: 2), .dirty, what)
             XCTAssertNil(e.held(2), what)
             if cacheOnRead == .always && count == 2 * B {
@@ -814,9 +812,7 @@ final class PartialBlockTests: EngineTestCase {
         // One write whose head and tail are both new partial blocks: one of
         // them fits, the other must be completed.
         try e.writeBytes([2, 2], at: (limit + 1) * 4096 - 1, b)
-        XCTAssertLessThanOrEqual(
-            e.partialBlockCount, BlockMap.partialLimit,
-            "more partial blocks than the limit")
+        XCTAssertLessThanOrEqual(e.partialBlockCount, BlockMap.partialLimit, "more partial blocks than the limit")
         // Past the limit a partial write reads its block first.
         let partials = e.partialBlockCount
         try e.writeBytes([3], at: (limit + 4) * 4096 + 9, b)

@@ -95,9 +95,7 @@ final class ReclaimTests: EngineTestCase {
         XCTAssertEqual(
             e.states(0..<17),
             Array(repeating: .notCached, count: 4)
-                + Array(
-                    repeating: .dirty,
-                    count: 12) + [.notCached])
+                + Array(repeating: .dirty, count: 12) + [.notCached])
         XCTAssertEqual(e.cachedBytes, 12 * B)
         assertBytes(b.bytes(0, 4 * B), Array(model[..<Int(4 * B)]))
         assertBytes(try e.readBytes(0, 16 * B, b), Array(model[..<Int(16 * B)]))

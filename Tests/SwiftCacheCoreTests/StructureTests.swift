@@ -106,9 +106,7 @@ final class BlockMapTests: XCTestCase {
         XCTAssertEqual(
             (9..<26).map { map[$0] },
             [.notCached] + Array(repeating: .clean, count: 5)
-                + Array(
-                    repeating: .dirty,
-                    count: 10) + [.notCached])
+                + Array(repeating: .dirty, count: 10) + [.notCached])
     }
 
     func testNextDirtyRun() {

@@ -443,9 +443,7 @@ final class WriteTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback)
         assertCacheError(.invalidArgument) { try e.writeBytes([1, 2], at: MiB - 1, b) }
         assertCacheError(.invalidArgument) {
-            try e.zero(
-                count: 2, at: MiB - 1, fua: false, mayTrim: true,
-                fastZero: false, backend: b)
+            try e.zero(count: 2, at: MiB - 1, fua: false, mayTrim: true, fastZero: false, backend: b)
         }
         assertCacheError(.invalidArgument) { try e.trim(count: 2, at: MiB - 1, fua: false, backend: b) }
         XCTAssertEqual(e.dirtyBlockCount, 0)

@@ -46,8 +46,7 @@ final class ZeroTests: EngineTestCase {
         XCTAssertEqual(
             e.states(0..<5),
             [
-                .partial, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .partial,
-                .notCached,
+                .partial, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .partial, .notCached,
             ])
         XCTAssertEqual(e.cachedBytes, 2 * B, "known zeroes take no room")
         XCTAssertEqual(e.held(0), [10_000..<UInt32(B)])
@@ -83,8 +82,7 @@ final class ZeroTests: EngineTestCase {
         XCTAssertEqual(
             e.states(0..<5),
             [
-                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
-                .notCached,
+                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty, .notCached,
             ])
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.writeLog.sorted(), [Req(0, B), Req(3 * B, B)], "the edges are whole")
@@ -104,8 +102,7 @@ final class ZeroTests: EngineTestCase {
         XCTAssertEqual(
             e.states(0..<5),
             [
-                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
-                .notCached,
+                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty, .notCached,
             ])
         XCTAssertEqual(e.cachedBytes, 2 * B, "the zeroed blocks gave their room back")
         assertBytes(try e.readBytes(0, 4 * B, b), Array(model[..<Int(4 * B)]))
@@ -178,8 +175,7 @@ final class TrimTests: EngineTestCase {
         XCTAssertEqual(
             e.states(0..<8),
             [
-                .clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached,
-                .partial,
+                .clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached, .partial,
             ])
         XCTAssertEqual(e.held(7), [1000..<1003], "a partly trimmed partial block keeps what it holds")
         XCTAssertEqual(e.dirtyBlockCount, 1)

@@ -4,8 +4,11 @@ import XCTest
 
 @testable import SwiftCacheCore
 
+// B and MiB are units, named as such in the tests' arithmetic (4 * B, 10 * MiB).
+// swift-format-ignore: AlwaysUseLowerCamelCase
 /// 64 KiB, the default cache block size.
 let B: UInt64 = 65536
+// swift-format-ignore: AlwaysUseLowerCamelCase
 let MiB: UInt64 = 1 << 20
 
 /// Gives each test a fresh temporary directory for its cache file, builds

@@ -148,10 +148,7 @@ final class MemoryBackend: Backend, Sendable {
             $0.writeError = error
         }
     }
-    func failNextFlushes(
-        _ n: Int,
-        _ error: Errno = .ioError
-    ) {
+    func failNextFlushes(_ n: Int, _ error: Errno = .ioError) {
         setFaults {
             $0.failFlushes = n
             $0.flushError = error
@@ -329,10 +326,7 @@ final class MemoryBackend: Backend, Sendable {
     /// starts at `offset` (as nbdkit clips it for a filter).
     func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
         let (result, hook) = try state.withLock {
-            (s: inout State) throws(Errno) -> (
-                [Extent],
-                (@Sendable () -> Void)?
-            ) in
+            (s: inout State) throws(Errno) -> ([Extent], (@Sendable () -> Void)?) in
             guard check(&s, "extents", offset, count) else { throw Errno.invalidArgument }
             s.stats.extentsCalls += 1
             if let answer = s.extentsAnswer { return (answer(count, offset, onlyOne), s.afterExtentsComputed) }
