@@ -4,7 +4,8 @@
 #                 ./nbdkit-swiftcache-filter.1 (from doc/nbdkit-swiftcache-filter.pod, with pod2man)
 #   make run      install what is missing, build, serve a 1G memory disk through the filter
 #                 (ARGS='cache=unsafe ...' passes parameters to the filter)
-#   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
+#   make check    unit tests + nbdkit tests + lint, one closing "N passed, M failed" line
+#   make lint     swift-format (the toolchain's) with .swift-format, strict; no output when clean
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
 #   make install  the filter into nbdkit's filterdir, the man page into $(MANDIR)/man1 (DESTDIR honoured)
 
@@ -28,7 +29,7 @@ ifeq ($(MAN_DATE),)
 MAN_DATE  := 2026-12-02
 endif
 
-.PHONY: all man deps run check unit-test shell-test bench install uninstall clean version
+.PHONY: all man deps run check unit-test shell-test lint bench install uninstall clean version
 
 PREFIX ?= /usr/local
 MANDIR ?= $(PREFIX)/share/man
@@ -64,6 +65,12 @@ unit-test:
 
 shell-test: $(SO) $(MAN)
 	./test-scripts/run.sh
+
+# Every Swift file, against the checked-in .swift-format. To fix what it reports:
+#   swift format format --in-place --recursive --configuration .swift-format $(LINT_PATHS)
+LINT_PATHS = Package.swift Sources Tests
+lint:
+	swift format lint --strict --recursive --configuration .swift-format $(LINT_PATHS)
 
 bench: deps $(SO)
 	./bench/run

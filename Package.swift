@@ -6,10 +6,10 @@ let package = Package(
     name: "swiftcache",
     products: [
         // libswiftcache.so: the filter that nbdkit loads.
-        .library(name: "swiftcache", type: .dynamic, targets: ["SwiftCacheFilter"]),
+        .library(name: "swiftcache", type: .dynamic, targets: ["SwiftCacheFilter"])
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1")
     ],
     targets: [
         // The installed <nbdkit-filter.h>, imported as-is so the filter table
@@ -31,13 +31,17 @@ let package = Package(
         // Linked with swiftcache.syms: the library exports only what nbdkit looks up.
         .target(
             name: "SwiftCacheFilter",
-            dependencies: ["CNBDKit", "CSwiftCacheDebug", "CLinux", "SwiftCacheCore",
-                           .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: [
+                "CNBDKit", "CSwiftCacheDebug", "CLinux", "SwiftCacheCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             linkerSettings: [
                 // lld, not gold: gold leaves symbols the version script made local in
                 // .dynsym. -z now: every symbol bound at load (hardening, as Debian builds).
-                .unsafeFlags(["-use-ld=lld", "-Xlinker", "--version-script=\(Context.packageDirectory)/swiftcache.syms",
-                              "-Xlinker", "-z", "-Xlinker", "now"]),
+                .unsafeFlags([
+                    "-use-ld=lld", "-Xlinker", "--version-script=\(Context.packageDirectory)/swiftcache.syms",
+                    "-Xlinker", "-z", "-Xlinker", "now",
+                ])
             ]
         ),
         .testTarget(

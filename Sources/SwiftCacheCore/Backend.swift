@@ -64,8 +64,9 @@ extension Backend {
         while done < buffer.count {
             let n = min(buffer.count - done, Int(transferLimit))
             do {
-                try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]),
-                         at: offset + UInt64(done))
+                try read(
+                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + n]),
+                    at: offset + UInt64(done))
             } catch {
                 throw CacheError(error, "plugin read of \(n) bytes at \(offset + UInt64(done))")
             }

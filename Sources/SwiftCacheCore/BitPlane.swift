@@ -71,7 +71,9 @@ struct BitPlane {
 
     /// Clears every bit (fresh zero pages: the old ones are given back).
     mutating func clearAll() {
-        if let fresh = Words(count: storage.count) { storage = fresh } else {
+        if let fresh = Words(count: storage.count) {
+            storage = fresh
+        } else {
             storage.pointer.update(repeating: 0, count: storage.count)
         }
     }

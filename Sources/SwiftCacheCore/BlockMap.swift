@@ -142,14 +142,15 @@ struct BlockMap {
         set {
             let old = self[block]
             guard newValue != old else { return }
-            let bits: (stored: Bool, dirty: Bool, zero: Bool) = switch newValue {
-            case .notCached: (false, false, false)
-            case .clean: (true, false, false)
-            case .dirty: (true, true, false)
-            case .partial: (false, true, false)
-            case .zero: (false, false, true)
-            case .dirtyZero(let mayTrim): (mayTrim, true, true)
-            }
+            let bits: (stored: Bool, dirty: Bool, zero: Bool) =
+                switch newValue {
+                case .notCached: (false, false, false)
+                case .clean: (true, false, false)
+                case .dirty: (true, true, false)
+                case .partial: (false, true, false)
+                case .zero: (false, false, true)
+                case .dirtyZero(let mayTrim): (mayTrim, true, true)
+                }
             stored[block] = bits.stored
             dirty[block] = bits.dirty
             zero[block] = bits.zero
@@ -159,7 +160,9 @@ struct BlockMap {
             if old.isDirty != newValue.isDirty {
                 if newValue.isDirty {
                     dirtyCount += 1
-                    dirtySpan = dirtyCount == 1 ? block..<block + 1
+                    dirtySpan =
+                        dirtyCount == 1
+                        ? block..<block + 1
                         : Swift.min(dirtySpan.lowerBound, block)..<Swift.max(dirtySpan.upperBound, block + 1)
                 } else {
                     dirtyCount -= 1
@@ -313,11 +316,12 @@ struct BlockMap {
     func writeBackPieces(of run: Range<UInt64>) -> [(blocks: Range<UInt64>, zeroes: ZeroWriteBack?)] {
         var pieces: [(blocks: Range<UInt64>, zeroes: ZeroWriteBack?)] = []
         for block in run {
-            let zeroes: ZeroWriteBack? = if case .dirtyZero(let mayTrim) = self[block] {
-                mayTrim ? .mayTrim : .noHole
-            } else {
-                nil
-            }
+            let zeroes: ZeroWriteBack? =
+                if case .dirtyZero(let mayTrim) = self[block] {
+                    mayTrim ? .mayTrim : .noHole
+                } else {
+                    nil
+                }
             if let last = pieces.last, last.zeroes == zeroes {
                 pieces[pieces.count - 1].blocks = last.blocks.lowerBound..<block + 1
             } else {
@@ -330,7 +334,7 @@ struct BlockMap {
     /// The next run of blocks to write back at or after `from`, at most `limit` long.
     func nextDirtyRun(from: UInt64, limit: UInt64) -> Range<UInt64>? {
         guard dirtyCount > 0,
-              let start = dirty.firstSet(from: Swift.max(from, dirtyBlocks.lowerBound), to: dirtyBlocks.upperBound)
+            let start = dirty.firstSet(from: Swift.max(from, dirtyBlocks.lowerBound), to: dirtyBlocks.upperBound)
         else { return nil }
         let end = dirty.firstClear(from: start, to: Swift.min(blockCount, start + limit))
         return start..<end

@@ -17,13 +17,17 @@ extension BlockStore {
 
     /// Like `reserve(_:backend:)`, but `owned`, blocks the caller holds and
     /// has finished with, may be reclaimed too.
-    func reserve(_ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
-                 backend: some Backend) -> Reservation {
+    func reserve(
+        _ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+        backend: some Backend
+    ) -> Reservation {
         reserve(blocks, reclaimable: owned, backend: backend)
     }
 
-    private func reserve(_ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>,
-                         backend: some Backend) -> Reservation {
+    private func reserve(
+        _ blocks: Range<UInt64>, reclaimable owned: Range<UInt64>,
+        backend: some Backend
+    ) -> Reservation {
         guard let limit else { return Reservation(blocks: 0, chunk: blocks, store: nil) }
         let wanted = unoccupiedCount(in: blocks)
         var attempt = 0
@@ -68,8 +72,10 @@ extension BlockStore {
     /// (at least twice `wanted`) as reclaim does, unless another thread is
     /// reclaiming already (then it waits for that instead). Blocks of the
     /// caller's own are kept, except `owned`, which it has finished with.
-    func makeRoom(for wanted: UInt64, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
-                  backend: some Backend) {
+    func makeRoom(
+        for wanted: UInt64, reclaimable owned: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+        backend: some Backend
+    ) {
         let count: UInt64? = state.withLock { s in
             guard !s.reclaiming else { return nil }
             s.reclaiming = true
@@ -150,10 +156,14 @@ extension BlockStore {
     /// recently used first when cache-max-size keeps that order (else one
     /// lap of the map from where the last search stopped), locked for the
     /// caller except those it holds already (`held`).
-    private func takeVictims(_ count: UInt64, in s: inout State, holding held: Range<UInt64>,
-                             isEvictable: (UInt64) -> Bool) -> [UInt64] {
+    private func takeVictims(
+        _ count: UInt64, in s: inout State, holding held: Range<UInt64>,
+        isEvictable: (UInt64) -> Bool
+    ) -> [UInt64] {
         let map = s.map
-        let chosen = limit != nil ? s.lru.victims(count, in: map, isEvictable: isEvictable)
+        let chosen =
+            limit != nil
+            ? s.lru.victims(count, in: map, isEvictable: isEvictable)
             : map.victims(count, hand: &s.reclaimHand, isEvictable: isEvictable)
         for block in chosen where !held.contains(block) { s.locks.acquire(block..<block + 1, exclusive: true) }
         return chosen

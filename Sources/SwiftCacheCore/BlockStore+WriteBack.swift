@@ -15,7 +15,8 @@ extension BlockStore {
     func writeBackAll(backend: some Backend) -> CacheError? {
         // nbdkit forbids writing to the plugin through a read-only context.
         guard backend.canWrite else {
-            return dirtyBlockCount == 0 ? nil
+            return dirtyBlockCount == 0
+                ? nil
                 : CacheError(.readOnlyFileSystem, "cannot write back dirty blocks through a read-only connection")
         }
         let runLimit = max(1, backend.transferLimit >> geometry.shift)
@@ -65,8 +66,10 @@ extension BlockStore {
         let size = size(seenBy: backend.size)
         let reach = geometry.reach(connectionSize: backend.size, size: size)
         let (pieces, partials) = state.withLock { s in
-            (s.map.dirtyRuns(in: blocks).flatMap { s.map.writeBackPieces(of: $0) },
-             Dictionary(uniqueKeysWithValues: blocks.compactMap { block in s.map.held(block).map { (block, $0) } }))
+            (
+                s.map.dirtyRuns(in: blocks).flatMap { s.map.writeBackPieces(of: $0) },
+                Dictionary(uniqueKeysWithValues: blocks.compactMap { block in s.map.held(block).map { (block, $0) } })
+            )
         }
         func note(_ error: CacheError?) { firstError = firstError ?? error }
         for (run, zeroes) in pieces {
@@ -102,8 +105,10 @@ extension BlockStore {
 
     /// Sends a run of dirty zero blocks as plugin zero requests, as far as
     /// this connection reaches (and the part of its own last block it sees).
-    private func writeBackZeroes(_ run: Range<UInt64>, _ zeroes: ZeroWriteBack, size: UInt64,
-                                 backend: some Backend) -> CacheError? {
+    private func writeBackZeroes(
+        _ run: Range<UInt64>, _ zeroes: ZeroWriteBack, size: UInt64,
+        backend: some Backend
+    ) -> CacheError? {
         let reach = geometry.reach(connectionSize: backend.size, size: size)
         let reached = run.clamped(to: reach)
         var span = geometry.bytes(of: reached, size: size)
@@ -117,8 +122,10 @@ extension BlockStore {
         while done < UInt64(span.count) {
             let piece = done..<min(UInt64(span.count), done + backend.transferLimit)
             do { try payload.send(piece, to: backend, at: span.lowerBound + piece.lowerBound, fua: false) } catch {
-                return CacheError(error, "plugin zero of \(piece.count) bytes at \(span.lowerBound + piece.lowerBound) "
-                                  + "(write back)")
+                return CacheError(
+                    error,
+                    "plugin zero of \(piece.count) bytes at \(span.lowerBound + piece.lowerBound) "
+                        + "(write back)")
             }
             done = piece.upperBound
         }
@@ -134,8 +141,10 @@ extension BlockStore {
     /// export grew: what the block holds up to the connection's end goes to
     /// the plugin now (so its flush keeps its promise), and the block stays
     /// dirty for a connection that sees all of it.
-    private func writeBackVisiblePart(_ block: UInt64, holding held: HeldRanges?, size: UInt64,
-                                      backend: some Backend) -> CacheError? {
+    private func writeBackVisiblePart(
+        _ block: UInt64, holding held: HeldRanges?, size: UInt64,
+        backend: some Backend
+    ) -> CacheError? {
         let start = geometry.start(of: block)
         do throws(CacheError) {
             let staging = try Buffer.allocate(Int(backend.size - start))
@@ -160,14 +169,17 @@ extension BlockStore {
         // Clamped: the export may have shrunk since.
         let span = (start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)).clamped(to: 0..<size)
         guard span.upperBound <= backend.size, span.lowerBound % minimum == 0,
-              span.upperBound % minimum == 0 || span.upperBound == backend.size else { return nil }
+            span.upperBound % minimum == 0 || span.upperBound == backend.size
+        else { return nil }
         return span
     }
 
     /// Sends a run of dirty and partial blocks as one plugin request (in
     /// pieces the plugin accepts), as far as this connection reaches.
-    private func writeBackRun(_ run: Range<UInt64>, partials: [UInt64: HeldRanges], size: UInt64,
-                              backend: some Backend) -> CacheError? {
+    private func writeBackRun(
+        _ run: Range<UInt64>, partials: [UInt64: HeldRanges], size: UInt64,
+        backend: some Backend
+    ) -> CacheError? {
         let reached = run.clamped(to: reach(connectionSize: backend.size))
         guard !reached.isEmpty else { return nil }
         let span = geometry.bytes(of: reached, size: size)

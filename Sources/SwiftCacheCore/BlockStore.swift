@@ -51,8 +51,10 @@ final class BlockStore: @unchecked Sendable {
         let low: UInt64
     }
 
-    init(config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int,
-         budget: CacheBudget, statistics: Statistics) {
+    init(
+        config: CacheConfig, storage: any CacheStorage, debug: DebugLog, writeBackThreads: Int,
+        budget: CacheBudget, statistics: Statistics
+    ) {
         geometry = BlockGeometry(blockSize: max(config.minBlockSize, storage.fileSystemBlockSize))
         self.storage = storage
         self.debug = debug
@@ -66,8 +68,10 @@ final class BlockStore: @unchecked Sendable {
         // A generation is half of what the cache may hold: "recent" then means
         // roughly the newer half of the cache.
         let capacity = config.maxSize.map { $0 >> shift } ?? 0
-        state = ConditionLock(State(lru: LRU(blocks: 0, generationSize: capacity / 2),
-                                    gauges: BlockGauges(statistics: statistics, blockShift: shift)))
+        state = ConditionLock(
+            State(
+                lru: LRU(blocks: 0, generationSize: capacity / 2),
+                gauges: BlockGauges(statistics: statistics, blockShift: shift)))
         self.budget = budget
         budget.add(self)
     }
@@ -86,13 +90,17 @@ final class BlockStore: @unchecked Sendable {
     /// block map at the moment they are free, else shared.
     func lockForRead(_ blocks: Range<UInt64>, exclusiveIf exclusive: (BlockMap) -> Bool) -> ReadLock {
         var wantExclusive = false
-        state.withLock(waitingFor: .blocksReleased, until: { s in
-            wantExclusive = exclusive(s.map)
-            return s.locks.canAcquire(blocks, exclusive: wantExclusive)
-        }) { s in
+        state.withLock(
+            waitingFor: .blocksReleased,
+            until: { s in
+                wantExclusive = exclusive(s.map)
+                return s.locks.canAcquire(blocks, exclusive: wantExclusive)
+            }
+        ) { s in
             s.locks.acquire(blocks, exclusive: wantExclusive)
         }
-        return wantExclusive ? .exclusive(HeldBlocks(blocks: blocks, store: self))
+        return wantExclusive
+            ? .exclusive(HeldBlocks(blocks: blocks, store: self))
             : .shared(HeldBlocks(blocks: blocks, store: self))
     }
 
@@ -210,8 +218,10 @@ final class BlockStore: @unchecked Sendable {
         let mapBytes = blocks / 8 * (limit == nil ? 3 : 5)
         let memory = physicalMemory()
         guard memory == 0 || mapBytes <= memory / 2 else {
-            throw CacheError(.noMemory, "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
-                             + "with \(geometry.blockSize)-byte blocks (raise cache-min-block-size)")
+            throw CacheError(
+                .noMemory,
+                "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
+                    + "with \(geometry.blockSize)-byte blocks (raise cache-min-block-size)")
         }
         let lastBlock = old >> geometry.shift
         let hasShortLast = old % geometry.blockSize != 0
@@ -269,8 +279,9 @@ final class BlockStore: @unchecked Sendable {
                 (run.filter { s.map[$0] != .notCached }, run.filter { s.map[$0].isDirty }.count)
             }
             if dirty > 0 {
-                debug.warn("the export shrank from \(old) to \(size) bytes: \(dirty) dirty blocks in \(run) lay "
-                           + "past its new end and are dropped")
+                debug.warn(
+                    "the export shrank from \(old) to \(size) bytes: \(dirty) dirty blocks in \(run) lay "
+                        + "past its new end and are dropped")
             }
             drop(taken, in: held)
         }
@@ -281,8 +292,10 @@ final class BlockStore: @unchecked Sendable {
     /// Keeps `data`, read from the plugin, as blocks `chunk`: clean, or
     /// known zeroes (no data stored) where a whole block is zeroes. The hole
     /// is punched, not assumed: an uncached block may still hold old bytes.
-    func keepClean(_ data: UnsafeRawBufferPointer, as chunk: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
-                   using reservation: inout Reservation) throws(CacheError) {
+    func keepClean(
+        _ data: UnsafeRawBufferPointer, as chunk: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
+        using reservation: inout Reservation
+    ) throws(CacheError) {
         let start = geometry.start(of: chunk.lowerBound)
         func bytes(_ run: Range<UInt64>) -> UnsafeRawBufferPointer {
             let from = Int(geometry.start(of: run.lowerBound) - start)
@@ -315,8 +328,10 @@ final class BlockStore: @unchecked Sendable {
     /// Records whole blocks `blocks` as dirty zeroes (a zero request, or a
     /// write of whole blocks of zeroes): their storage is punched, so the
     /// cache file reads zeroes there, and they take no room.
-    func keepZeroes(_ blocks: Range<UInt64>, mayTrim: Bool,
-                    in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    func keepZeroes(
+        _ blocks: Range<UInt64>, mayTrim: Bool,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         let bytes = geometry.bytes(of: blocks, size: .max)
         try storage.zero(at: bytes.lowerBound, length: UInt64(bytes.count))
         debug.blocks("write to the cache (zeroes):", blocks)
@@ -332,8 +347,10 @@ final class BlockStore: @unchecked Sendable {
     /// cache, or the cache file failed): what the blocks held there is
     /// forgotten (see `BlockMap.release`), and blocks left with nothing
     /// lose their storage.
-    func release(_ span: Range<UInt64>, of blocks: Range<UInt64>, size: UInt64,
-                 in held: borrowing HeldBlocks<Exclusive>) {
+    func release(
+        _ span: Range<UInt64>, of blocks: Range<UInt64>, size: UInt64,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) {
         let emptied: [UInt64] = state.withLock { s in
             blocks.filter { block in
                 guard s.map[block] != .notCached else { return false }
@@ -351,9 +368,11 @@ final class BlockStore: @unchecked Sendable {
     /// blocks `chunk`: they become dirty, except the blocks in `parts`,
     /// which hold the given range of their first `length` bytes (partial).
     /// If the cache file fails, clean copies it may have changed are dropped.
-    func keepWritten(_ payload: Payload, _ range: Range<UInt64>, at span: Range<UInt64>, as chunk: Range<UInt64>,
-                     parts: [UInt64: (part: Range<UInt32>, length: UInt32)], in held: borrowing HeldBlocks<Exclusive>,
-                     using reservation: inout Reservation) throws(CacheError) {
+    func keepWritten(
+        _ payload: Payload, _ range: Range<UInt64>, at span: Range<UInt64>, as chunk: Range<UInt64>,
+        parts: [UInt64: (part: Range<UInt32>, length: UInt32)], in held: borrowing HeldBlocks<Exclusive>,
+        using reservation: inout Reservation
+    ) throws(CacheError) {
         let before = states(chunk)
         do {
             try payload.store(range, in: storage, at: span.lowerBound)
@@ -418,14 +437,18 @@ final class BlockStore: @unchecked Sendable {
     /// the cache file over them; known zeroes need no plugin read. Needs no
     /// room in the cache file (a full one must never strand written bytes).
     /// Bytes past the end of the connection's export are not read: zeroes.
-    func assemble(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64, backend: some Backend,
-                  in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    func assemble(
+        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64, backend: some Backend,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         try assembleHeld(block, into: target, size: size, backend: backend)
     }
 
     /// `assemble` for a block this layer holds on its caller's behalf.
-    func assembleHeld(_ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64,
-                      backend: some Backend) throws(CacheError) {
+    func assembleHeld(
+        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64,
+        backend: some Backend
+    ) throws(CacheError) {
         if state(of: block).isZero {
             target.initializeMemory(as: UInt8.self, repeating: 0)
             return
@@ -437,8 +460,9 @@ final class BlockStore: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(rebasing: target[readable...]).initializeMemory(as: UInt8.self, repeating: 0)
         for range in held(block)?.ranges ?? [] where Int(range.lowerBound) < target.count {
             let upper = min(Int(range.upperBound), target.count)
-            try storage.read(into: UnsafeMutableRawBufferPointer(rebasing: target[Int(range.lowerBound)..<upper]),
-                             at: start + UInt64(range.lowerBound))
+            try storage.read(
+                into: UnsafeMutableRawBufferPointer(rebasing: target[Int(range.lowerBound)..<upper]),
+                at: start + UInt64(range.lowerBound))
         }
     }
 
@@ -446,8 +470,10 @@ final class BlockStore: @unchecked Sendable {
     /// reaches it): a partial block's gaps are written and it becomes dirty;
     /// a block without storage is written (this needs room) and becomes
     /// dirty if it held dirty zeroes, else clean.
-    func keepAssembled(_ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
-                       using reservation: inout Reservation) throws(CacheError) {
+    func keepAssembled(
+        _ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
+        using reservation: inout Reservation
+    ) throws(CacheError) {
         let before = state(of: block)
         try writeGaps(bytes, of: block)
         state.withLock { s in
@@ -463,14 +489,17 @@ final class BlockStore: @unchecked Sendable {
         let start = geometry.start(of: block)
         let ranges = held(block)
         for gap in ranges?.gaps(UInt32(bytes.count)) ?? [0..<UInt32(bytes.count)] {
-            try storage.write(UnsafeRawBufferPointer(rebasing: bytes[Int(gap.lowerBound)..<Int(gap.upperBound)]),
-                              at: start + UInt64(gap.lowerBound))
+            try storage.write(
+                UnsafeRawBufferPointer(rebasing: bytes[Int(gap.lowerBound)..<Int(gap.upperBound)]),
+                at: start + UInt64(gap.lowerBound))
         }
     }
 
     /// Reads cached bytes (the caller holds their blocks, shared or not).
-    func readCached<Access>(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
-                            in held: borrowing HeldBlocks<Access>) throws(CacheError) {
+    func readCached<Access>(
+        into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+        in held: borrowing HeldBlocks<Access>
+    ) throws(CacheError) {
         try storage.read(into: buffer, at: offset)
     }
 
@@ -501,6 +530,9 @@ protocol BlockAccess { static var isExclusive: Bool { get } }
 enum Shared: BlockAccess { static let isExclusive = false }
 enum Exclusive: BlockAccess { static let isExclusive = true }
 
+// The initializer is written out so that it stays fileprivate whatever the
+// properties' access.
+// swift-format-ignore: UseSynthesizedInitializer
 /// Proof that the caller holds `blocks`; they are unlocked when it goes.
 /// Only the block layer makes one, by locking the blocks.
 struct HeldBlocks<Access: BlockAccess>: ~Copyable {

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import SystemPackage
 
 /// A heap buffer whose allocation failure is an error (ENOMEM), not a trap:
 /// block sizes come from the command line and requests from clients.

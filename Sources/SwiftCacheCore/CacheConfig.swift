@@ -43,8 +43,10 @@ public struct CacheConfig: Sendable {
     /// configuration that breaks them.
     public func validate() throws(CacheError) {
         guard minBlockSize >= 4096, minBlockSize <= UInt64(UInt32.max), minBlockSize.nonzeroBitCount == 1 else {
-            throw CacheError(.invalidArgument, "cache-min-block-size (\(minBlockSize)) must be a power of 2, "
-                             + "at least 4096 and at most 4G-1")
+            throw CacheError(
+                .invalidArgument,
+                "cache-min-block-size (\(minBlockSize)) must be a power of 2, "
+                    + "at least 4096 and at most 4G-1")
         }
         guard highThreshold > 0, lowThreshold > 0 else {
             throw CacheError(.invalidArgument, "cache-high-threshold and cache-low-threshold must be greater than zero")
@@ -54,8 +56,10 @@ public struct CacheConfig: Sendable {
                 throw CacheError(.invalidArgument, "cache-max-size (\(maxSize)) must be at least 1M")
             }
             guard lowThreshold < highThreshold else {
-                throw CacheError(.invalidArgument, "cache-low-threshold (\(lowThreshold)) must be less than "
-                                 + "cache-high-threshold (\(highThreshold)) when cache-max-size is set")
+                throw CacheError(
+                    .invalidArgument,
+                    "cache-low-threshold (\(lowThreshold)) must be less than "
+                        + "cache-high-threshold (\(highThreshold)) when cache-max-size is set")
             }
         }
     }

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import CLinux
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CLinux
-import SystemPackage
 
 /// The sparse file holding cached blocks, shared by every connection.
 ///
@@ -72,16 +73,20 @@ public final class CacheFile: CacheStorage {
     /// Fills `buffer` with the bytes at `within` of the window mapped at
     /// `window` (file offset `position`): pages the file holds from the
     /// mapping, runs of other pages with `pread`.
-    private func copyHeldPages(into buffer: UnsafeMutableRawBufferPointer, from window: UnsafeRawPointer,
-                               within: Int, at position: UInt64) throws(CacheError) {
+    private func copyHeldPages(
+        into buffer: UnsafeMutableRawBufferPointer, from window: UnsafeRawPointer,
+        within: Int, at position: UInt64
+    ) throws(CacheError) {
         let page = Self.pageSize, end = within + buffer.count
         var firstPage = within / page
         // mincore's answer, 256 pages (1 MiB) at a time, on the stack.
         try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { (held) throws(CacheError) in
             while firstPage * page < end {
                 let pages = min(held.count, (end - firstPage * page + page - 1) / page)
-                let answered = mincore(UnsafeMutableRawPointer(mutating: window + firstPage * page), pages * page,
-                                       held.baseAddress) == 0
+                let answered =
+                    mincore(
+                        UnsafeMutableRawPointer(mutating: window + firstPage * page), pages * page,
+                        held.baseAddress) == 0
                 func isHeld(_ i: Int) -> Bool { answered && held[i] & 1 != 0 }
                 var run = 0
                 while run < pages {
@@ -111,7 +116,7 @@ public final class CacheFile: CacheStorage {
             guard let data = try fd.nextData(from: range.lowerBound) else { return true }
             return data >= range.upperBound
         } catch {
-            return false        // no answer: read it
+            return false  // no answer: read it
         }
     }
 
@@ -132,6 +137,8 @@ public final class CacheFile: CacheStorage {
     /// Makes a range read as zeroes: a hole where the file system can punch
     /// one, written zeroes where it cannot.
     public func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
+        // swift-format 6.3 writes `catch  where` with two spaces (swiftlang/swift-format#1076).
+        // swift-format-ignore
         do {
             try fd.punchHole(at: offset, length: length)
             return
@@ -196,8 +203,11 @@ private struct MappedWindows: @unchecked Sendable {
     mutating func base(of index: UInt64, fd: FileDescriptor) -> UnsafeRawPointer? {
         if let base = bases[index] { return base }
         guard !mmapFailed, bases.count < Self.limit else { return nil }
-        guard let base = mmap(nil, Int(Self.size), PROT_READ, MAP_SHARED, fd.rawValue,
-                              off_t(truncatingIfNeeded: index << Self.shift)), base != MAP_FAILED else {
+        guard
+            let base = mmap(
+                nil, Int(Self.size), PROT_READ, MAP_SHARED, fd.rawValue,
+                off_t(truncatingIfNeeded: index << Self.shift)), base != MAP_FAILED
+        else {
             mmapFailed = true
             return nil
         }

@@ -8,8 +8,10 @@ public struct DebugLog: Sendable {
     /// Something the user must hear of, such as data that could not be kept.
     let warn: @Sendable (String) -> Void
 
-    public init(isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void,
-                warn: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(
+        isOn: @escaping @Sendable () -> Bool, emit: @escaping @Sendable (String) -> Void,
+        warn: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.isOn = isOn
         self.emit = emit
         self.warn = warn

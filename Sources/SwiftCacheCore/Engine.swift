@@ -26,14 +26,17 @@ public final class Engine: @unchecked Sendable {
     /// Builds the cache over `file`; fails on a configuration the core
     /// cannot work with (see `CacheConfig.validate`). Caches of several
     /// exports share one `budget`: cache-max-size limits them together.
-    public init(config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off, writeBackThreads: Int = 1,
-                budget: CacheBudget = CacheBudget(), statistics: Statistics = Statistics()) throws(CacheError) {
+    public init(
+        config: CacheConfig, file: any CacheStorage, debug: DebugLog = .off, writeBackThreads: Int = 1,
+        budget: CacheBudget = CacheBudget(), statistics: Statistics = Statistics()
+    ) throws(CacheError) {
         try config.validate()
         self.config = config
         self.debug = debug
         self.statistics = statistics
-        blocks = BlockStore(config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads,
-                            budget: budget, statistics: statistics)
+        blocks = BlockStore(
+            config: config, storage: file, debug: debug, writeBackThreads: writeBackThreads,
+            budget: budget, statistics: statistics)
     }
 
     deinit { blocks.leaveStatistics() }
@@ -62,15 +65,18 @@ public final class Engine: @unchecked Sendable {
     /// Checks that a request lies inside the export as the connection sees it.
     func checkBounds(offset: UInt64, count: UInt64, backend: some Backend) throws(CacheError) {
         guard offset <= backend.size, count <= backend.size - offset else {
-            throw CacheError(.invalidArgument,
-                             "request of \(count) bytes at \(offset) is beyond the end of the export (\(backend.size))")
+            throw CacheError(
+                .invalidArgument,
+                "request of \(count) bytes at \(offset) is beyond the end of the export (\(backend.size))")
         }
     }
 }
 
 /// The part of a request's buffer that holds bytes `span` of the export.
-func slice(_ buffer: UnsafeMutableRawBufferPointer, _ span: Range<UInt64>,
-           of request: Range<UInt64>) -> UnsafeMutableRawBufferPointer {
+func slice(
+    _ buffer: UnsafeMutableRawBufferPointer, _ span: Range<UInt64>,
+    of request: Range<UInt64>
+) -> UnsafeMutableRawBufferPointer {
     let from = Int(span.lowerBound - request.lowerBound)
     return UnsafeMutableRawBufferPointer(rebasing: buffer[from..<from + span.count])
 }

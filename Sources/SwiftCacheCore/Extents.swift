@@ -11,8 +11,10 @@ import SystemPackage
 /// stands. A block whose state changes while the plugin answers gets the
 /// answer true of both states (data, if they disagree on zeroes).
 extension Engine {
-    public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool,
-                        backend: some Backend) throws(CacheError) -> [Extent] {
+    public func extents(
+        count: UInt64, at offset: UInt64, onlyOne: Bool,
+        backend: some Backend
+    ) throws(CacheError) -> [Extent] {
         let backend = counting(.extents, backend)
         guard count > 0 else { return [] }
         try checkBounds(offset: offset, count: count, backend: backend)
@@ -59,22 +61,28 @@ extension Engine {
 
     /// The byte ranges whose status is the cache's, from the runs of block
     /// states before and after the plugin answered (sorted, disjoint).
-    private func statusOverrides(_ before: [(blocks: Range<UInt64>, state: BlockState)],
-                                 _ after: [(blocks: Range<UInt64>, state: BlockState)])
-        -> [(bytes: Range<UInt64>, status: KnownStatus)] {
+    private func statusOverrides(
+        _ before: [(blocks: Range<UInt64>, state: BlockState)],
+        _ after: [(blocks: Range<UInt64>, state: BlockState)]
+    ) -> [(bytes: Range<UInt64>, status: KnownStatus)] {
         // Every place a run starts or ends, before or after: between two of
         // them each side is one state (or the plugin's answer).
         let edges = Set((before + after).flatMap { [$0.blocks.lowerBound, $0.blocks.upperBound] }).sorted()
-        func known(_ runs: [(blocks: Range<UInt64>, state: BlockState)], _ next: inout Int,
-                   at block: UInt64) -> KnownStatus? {
+        func known(
+            _ runs: [(blocks: Range<UInt64>, state: BlockState)], _ next: inout Int,
+            at block: UInt64
+        ) -> KnownStatus? {
             while next < runs.count && runs[next].blocks.upperBound <= block { next += 1 }
             return next < runs.count && runs[next].blocks.contains(block) ? KnownStatus(runs[next].state) : nil
         }
         var overrides: [(bytes: Range<UInt64>, status: KnownStatus)] = []
         var nextBefore = 0, nextAfter = 0
         for (start, end) in zip(edges, edges.dropFirst()) {
-            guard let status = KnownStatus.both(known(before, &nextBefore, at: start),
-                                                known(after, &nextAfter, at: start)) else { continue }
+            guard
+                let status = KnownStatus.both(
+                    known(before, &nextBefore, at: start),
+                    known(after, &nextAfter, at: start))
+            else { continue }
             let bytes = geometry.bytes(of: start..<end, size: .max)
             if let last = overrides.last, last.status == status, last.bytes.upperBound == bytes.lowerBound {
                 overrides[overrides.count - 1].bytes = last.bytes.lowerBound..<bytes.upperBound
@@ -108,7 +116,7 @@ private enum KnownStatus: Equatable {
     static func both(_ a: KnownStatus?, _ b: KnownStatus?) -> KnownStatus? {
         switch (a, b) {
         case (nil, nil): nil
-        case let (a?, b?) where a == b: a
+        case (let a?, let b?) where a == b: a
         case (.data, _), (_, .data), (nil, _), (_, nil): .data
         default: .zeroes(hole: false)
         }

@@ -35,7 +35,8 @@ extension Engine {
     /// keeps dirty blocks; a read-only connection cannot write them.
     public func connectionClosing(_ writes: ConnectionWrites, backend: some Backend) throws(CacheError) {
         guard writes.settle(), openWriters.subtract(1, ordering: .acquiringAndReleasing).newValue == 0,
-              config.mode == .writeback, backend.canWrite, blocks.dirtyBlockCount > 0 else { return }
+            config.mode == .writeback, backend.canWrite, blocks.dirtyBlockCount > 0
+        else { return }
         if let error = blocks.writeBackAll(backend: CountedBackend(plugin: backend, statistics: statistics)) {
             throw error
         }

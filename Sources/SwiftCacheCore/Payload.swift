@@ -23,8 +23,9 @@ enum Payload {
         guard !range.isEmpty else { return }
         switch self {
         case .data(let bytes):
-            try storage.write(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
-                              at: offset)
+            try storage.write(
+                UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
+                at: offset)
         case .zeroes:
             try storage.zero(at: offset, length: UInt64(range.count))
         }
@@ -35,8 +36,9 @@ enum Payload {
         guard !range.isEmpty else { return }
         switch self {
         case .data(let bytes):
-            try backend.writeAll(UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
-                                 at: offset, fua: fua)
+            try backend.writeAll(
+                UnsafeRawBufferPointer(rebasing: bytes[Int(range.lowerBound)..<Int(range.upperBound)]),
+                at: offset, fua: fua)
         case .zeroes(_, let mayTrim) where backend.canZero:
             try backend.zero(count: UInt64(range.count), at: offset, fua: fua, mayTrim: mayTrim)
         case .zeroes:

@@ -5,11 +5,14 @@ import SystemPackage
 /// from the plugin, kept as clean blocks when cache-on-read (or CACHE) asks
 /// and there is room.
 extension Engine {
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
-                     backend: some Backend) throws(CacheError) {
+    public func read(
+        into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+        backend: some Backend
+    ) throws(CacheError) {
         let backend = counting(.read, backend)
-        try load(offset: offset, count: UInt64(buffer.count), into: buffer, keep: config.cacheOnRead.isOn,
-                 backend: backend)
+        try load(
+            offset: offset, count: UInt64(buffer.count), into: buffer, keep: config.cacheOnRead.isOn,
+            backend: backend)
     }
 
     /// NBD_CMD_CACHE: brings the range into the cache, whatever cache-on-read says.
@@ -18,22 +21,28 @@ extension Engine {
         try load(offset: offset, count: count, into: nil, keep: true, backend: backend)
     }
 
-    private func load(offset: UInt64, count: UInt64, into buffer: UnsafeMutableRawBufferPointer?,
-                      keep: Bool, backend: some Backend) throws(CacheError) {
+    private func load(
+        offset: UInt64, count: UInt64, into buffer: UnsafeMutableRawBufferPointer?,
+        keep: Bool, backend: some Backend
+    ) throws(CacheError) {
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
         let locked = geometry.blocks(covering: offset, count: count)
         // Sized once the blocks are held: a growth changes a short last block only while holding it.
         func sized() -> BlockRead {
-            BlockRead(request: offset..<offset + count, buffer: buffer, size: blocks.size(seenBy: backend.size),
-                      locked: locked)
+            BlockRead(
+                request: offset..<offset + count, buffer: buffer, size: blocks.size(seenBy: backend.size),
+                locked: locked)
         }
         // Readers share blocks; filling a block from the plugin, or reading
         // a partial one, needs it alone.
-        switch blocks.lockForRead(locked, exclusiveIf: { map in
-            map.firstPartial(in: locked) != nil
-                || (keep && map.firstNotCached(in: locked) != nil)
-        }) {
+        switch blocks.lockForRead(
+            locked,
+            exclusiveIf: { map in
+                map.firstPartial(in: locked) != nil
+                    || (keep && map.firstNotCached(in: locked) != nil)
+            })
+        {
         case .shared(let held):
             let read = sized()
             try copy(read, in: held) { run throws(CacheError) in try readPlugin(run, read, backend: backend) }
@@ -54,8 +63,10 @@ extension Engine {
 
     /// Copies cached runs of the request's blocks to the buffer, fills runs
     /// of known zeroes, and hands the runs that are not cached whole to `uncached`.
-    private func copy<Access>(_ read: BlockRead, in held: borrowing HeldBlocks<Access>,
-                              uncached: (Range<UInt64>) throws(CacheError) -> Void) throws(CacheError) {
+    private func copy<Access>(
+        _ read: BlockRead, in held: borrowing HeldBlocks<Access>,
+        uncached: (Range<UInt64>) throws(CacheError) -> Void
+    ) throws(CacheError) {
         var cursor = read.locked.lowerBound
         while cursor < read.locked.upperBound {
             let (kind, end) = blocks.readRun(from: cursor, to: read.locked.upperBound)
@@ -83,8 +94,10 @@ extension Engine {
     /// A partial block's held bytes are newer than the plugin's: it is
     /// assembled in memory from both and served, then kept whole (dirty) if
     /// the cache file takes it. Returns the blocks it could not keep.
-    private func readPartials(_ read: BlockRead, backend: some Backend,
-                              in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) -> [UInt64] {
+    private func readPartials(
+        _ read: BlockRead, backend: some Backend,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) -> [UInt64] {
         var served: [UInt64] = []
         var from = read.locked.lowerBound
         while let block = blocks.firstPartial(in: from..<read.locked.upperBound) {
@@ -116,8 +129,10 @@ extension Engine {
     /// Blocks the cache lacks: read from the plugin, and kept as clean blocks
     /// (or known zeroes) when asked and there is room (in chunks the room
     /// allows; blocks of this request already done may be reclaimed to make it).
-    private func uncached(_ run: Range<UInt64>, _ read: BlockRead, keep: Bool, backend: some Backend,
-                          in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    private func uncached(
+        _ run: Range<UInt64>, _ read: BlockRead, keep: Bool, backend: some Backend,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         guard keep, let last = run.last else { return try readPlugin(run, read, backend: backend) }
         // A block reaching past this connection's end (the export grew since
         // it opened) cannot be read whole through it.
@@ -130,8 +145,8 @@ extension Engine {
         while next < run.upperBound {
             let limit = max(1, backend.transferLimit >> geometry.shift)
             let wanted = next..<min(run.upperBound, next + limit)
-            var reservation = blocks.reserve(wanted, reclaimable: read.locked.lowerBound..<next, in: held,
-                                             backend: backend)
+            var reservation = blocks.reserve(
+                wanted, reclaimable: read.locked.lowerBound..<next, in: held, backend: backend)
             let chunk = reservation.chunk
             guard !chunk.isEmpty else {
                 // No room even after reclaim: served from the plugin, not kept.

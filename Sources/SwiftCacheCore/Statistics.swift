@@ -100,8 +100,10 @@ public final class Statistics: Sendable {
     }
 
     /// Adds `delta` to `gauge` and raises `peak` to the new value if that is higher.
-    private static func add(_ delta: Int64, to gauge: borrowing Atomic<UInt64>,
-                            raising peak: borrowing Atomic<UInt64>) {
+    private static func add(
+        _ delta: Int64, to gauge: borrowing Atomic<UInt64>,
+        raising peak: borrowing Atomic<UInt64>
+    ) {
         let now = gauge.wrappingAdd(UInt64(bitPattern: delta), ordering: .relaxed).newValue
         var seen = peak.load(ordering: .relaxed)
         while now > seen {
@@ -236,9 +238,10 @@ struct BlockGauges {
     /// partial ones and `zero` known-zero ones.
     mutating func update(occupied: UInt64, dirty: UInt64, zero: UInt64 = 0) {
         guard occupied != self.occupied || dirty != self.dirty || zero != self.zero else { return }
-        statistics.blocksChanged(cachedBytes: difference(occupied, self.occupied) &<< Int64(blockShift),
-                                 dirtyBytes: difference(dirty, self.dirty) &<< Int64(blockShift),
-                                 zeroBlocks: difference(zero, self.zero))
+        statistics.blocksChanged(
+            cachedBytes: difference(occupied, self.occupied) &<< Int64(blockShift),
+            dirtyBytes: difference(dirty, self.dirty) &<< Int64(blockShift),
+            zeroBlocks: difference(zero, self.zero))
         (self.occupied, self.dirty, self.zero) = (occupied, dirty, zero)
     }
 

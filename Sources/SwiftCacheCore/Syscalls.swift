@@ -2,13 +2,14 @@
 // Thin, typed wrappers over the few C calls swift-system does not cover.
 // Errors come back as `Errno`; EINTR is retried here and nowhere else.
 
+import CLinux
+import SystemPackage
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import CLinux
-import SystemPackage
 
 /// Runs a C call returning -1/errno until it does not fail with EINTR.
 @inline(__always)

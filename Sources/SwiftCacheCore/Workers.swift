@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import Synchronization
 
 /// Runs `body(i)` for every i in 0..<count on up to `threads` threads, the
 /// calling thread among them, and returns when all are done.
@@ -19,10 +20,12 @@ func concurrently(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int) 
     for _ in 1..<max(1, min(threads, count)) {
         var thread = pthread_t()
         let context = Unmanaged.passRetained(job).toOpaque()
-        let created = pthread_create(&thread, nil, { context in
-            Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().work()
-            return nil
-        }, context)
+        let created = pthread_create(
+            &thread, nil,
+            { context in
+                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().work()
+                return nil
+            }, context)
         if created == 0 {
             started.append(thread)
         } else {
@@ -40,10 +43,14 @@ func concurrently(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int) 
 func alongside(threads: Int, _ background: @escaping @Sendable () -> Void, _ foreground: () -> Void) {
     var thread = pthread_t()
     let context = Unmanaged.passRetained(Box(background)).toOpaque()
-    let started = threads > 1 && pthread_create(&thread, nil, { context in
-        Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
-        return nil
-    }, context) == 0
+    let started =
+        threads > 1
+        && pthread_create(
+            &thread, nil,
+            { context in
+                Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, context) == 0
     if !started {
         Unmanaged<Box>.fromOpaque(context).release()
         background()

@@ -11,8 +11,10 @@ import SystemPackage
 /// never leaves new data marked clean. Blocks that find no room in the cache,
 /// even after reclaim, are not cached: their bytes go straight to the plugin.
 extension Engine {
-    public func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool,
-                      backend: some Backend) throws(CacheError) {
+    public func write(
+        _ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool,
+        backend: some Backend
+    ) throws(CacheError) {
         let backend = counting(.write, backend)
         try store(.data(data), at: offset, fua: fua, backend: backend)
     }
@@ -21,15 +23,19 @@ extension Engine {
     /// hole (NO_HOLE), and reaches the plugin as it came. FAST_ZERO fails
     /// with ENOTSUP before anything changes: the cache cannot promise it is
     /// faster than writing.
-    public func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool, fastZero: Bool,
-                     backend: some Backend) throws(CacheError) {
+    public func zero(
+        count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool, fastZero: Bool,
+        backend: some Backend
+    ) throws(CacheError) {
         let backend = counting(.zero, backend)
         if fastZero { throw CacheError(.notSupported, "fast zero is not supported by the cache") }
         try store(.zeroes(count: count, mayTrim: mayTrim), at: offset, fua: fua, backend: backend)
     }
 
-    private func store(_ payload: Payload, at offset: UInt64, fua requestedFUA: Bool,
-                       backend: some Backend) throws(CacheError) {
+    private func store(
+        _ payload: Payload, at offset: UInt64, fua requestedFUA: Bool,
+        backend: some Backend
+    ) throws(CacheError) {
         let count = payload.count
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
@@ -40,8 +46,9 @@ extension Engine {
         do {
             let held = blocks.lock(geometry.blocks(covering: offset, count: count))
             // Sized once the blocks are held: a growth changes a short last block only while holding it.
-            let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
-                                   size: blocks.size(seenBy: backend.size))
+            let write = BlockWrite(
+                geometry: geometry, request: offset..<offset + count,
+                size: blocks.size(seenBy: backend.size))
             if config.mode == .writethrough || fua {
                 try storeThrough(payload, write, fua: fua, backend: backend, in: held)
             } else {
@@ -55,8 +62,10 @@ extension Engine {
     /// blocks of zeroes as dirty zeroes (no data, no room needed), the rest
     /// as data (`storeData`). Zeroes over a block already known to read as
     /// zeroes change nothing.
-    private func storeBack(_ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
-                           backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    private func storeBack(
+        _ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
+        backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         let zeroEdges = payload.isZeroes ? write.edges.filter { blocks.state(of: $0).isZero } : []
         func kind(of block: UInt64) -> StoreKind {
             if write.edges.contains(block) { return zeroEdges.contains(block) ? .unchanged : .data }
@@ -104,13 +113,17 @@ extension Engine {
     /// has finished with may be reclaimed; when the cache file fails, a full
     /// one (ENOSPC, EDQUOT) is given room and the chunk tried again, and
     /// what it still cannot take goes straight to the plugin.
-    private func storeData(_ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
-                           backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    private func storeData(
+        _ payload: Payload, _ write: BlockWrite, _ range: Range<UInt64>, through: Bool,
+        backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         var next = range.lowerBound
         var retried = false
         while next < range.upperBound {
             let rest = next..<range.upperBound
-            var reservation = through ? blocks.reserve(rest, backend: backend)
+            var reservation =
+                through
+                ? blocks.reserve(rest, backend: backend)
                 : blocks.reserve(rest, reclaimable: range.lowerBound..<next, in: held, backend: backend)
             let chunk = reservation.chunk
             guard !chunk.isEmpty else {
@@ -128,8 +141,9 @@ extension Engine {
                 _ = consume reservation
                 if [.noSpace, .diskQuotaExceeded].contains(error.errno) && !retried {
                     debug("write: the cache file is full (\(error)): making room")
-                    blocks.makeRoom(for: UInt64(chunk.count), reclaimable: range.lowerBound..<next, in: held,
-                                    backend: backend)
+                    blocks.makeRoom(
+                        for: UInt64(chunk.count), reclaimable: range.lowerBound..<next, in: held,
+                        backend: backend)
                     retried = true
                     continue
                 }
@@ -142,17 +156,22 @@ extension Engine {
     }
 
     /// Stores one chunk the cache has room for (see `storeData`).
-    private func storeChunk(_ payload: Payload, _ write: BlockWrite, _ chunk: Range<UInt64>, backend: some Backend,
-                            in held: borrowing HeldBlocks<Exclusive>,
-                            using reservation: inout Reservation) throws(ChunkFailure) {
+    private func storeChunk(
+        _ payload: Payload, _ write: BlockWrite, _ chunk: Range<UInt64>, backend: some Backend,
+        in held: borrowing HeldBlocks<Exclusive>,
+        using reservation: inout Reservation
+    ) throws(ChunkFailure) {
         let edgeStates = write.edges.filter { chunk.contains($0) }.map { ($0, blocks.state(of: $0)) }
         let holdable = edgeStates.filter { [.notCached, .partial].contains($0.1) }.map(\.0)
         // Both edges are checked in one step, so that together they keep to the limits.
         let partial = blocks.holdable(holdable.map { ($0, write.part(of: $0)) })
         for (edge, state) in edgeStates where !partial.contains(edge) && ![.clean, .dirty].contains(state) {
             guard state.isZero || blocks.reach(connectionSize: backend.size).contains(edge) else {
-                throw .cache(CacheError(.ioError, "block \(edge) reaches past the end of this connection's export "
-                                        + "and holds too many written ranges to keep another"))
+                throw .cache(
+                    CacheError(
+                        .ioError,
+                        "block \(edge) reaches past the end of this connection's export "
+                            + "and holds too many written ranges to keep another"))
             }
             let bytes: Buffer
             do throws(CacheError) {
@@ -171,8 +190,9 @@ extension Engine {
         var parts: [UInt64: (part: Range<UInt32>, length: UInt32)] = [:]
         for edge in partial { parts[edge] = (write.part(of: edge), write.length(of: edge)) }
         do {
-            try blocks.keepWritten(payload, write.payloadRange(span), at: span, as: chunk, parts: parts, in: held,
-                                   using: &reservation)
+            try blocks.keepWritten(
+                payload, write.payloadRange(span), at: span, as: chunk, parts: parts, in: held,
+                using: &reservation)
         } catch {
             throw .cache(error)
         }
@@ -181,8 +201,10 @@ extension Engine {
     /// The write's bytes for `run` go straight to the plugin (unless it gets
     /// the whole write anyway: `through`); the cache forgets what it held of
     /// them first (`BlockStore.release`).
-    private func handOver(_ payload: Payload, _ write: BlockWrite, _ run: Range<UInt64>, through: Bool,
-                          backend: some Backend, in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    private func handOver(
+        _ payload: Payload, _ write: BlockWrite, _ run: Range<UInt64>, through: Bool,
+        backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         let span = write.bytes(of: run)
         blocks.release(span, of: run, size: write.size, in: held)
         guard !through else { return }
@@ -203,8 +225,10 @@ extension Engine {
     /// blocks it matches again are clean; if it fails, the blocks that were
     /// not newer than it already are dropped, and if the cache file fails,
     /// the cache forgets the written bytes (the plugin has them).
-    private func storeThrough(_ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend,
-                              in held: borrowing HeldBlocks<Exclusive>) throws(CacheError) {
+    private func storeThrough(
+        _ payload: Payload, _ write: BlockWrite, fua: Bool, backend: some Backend,
+        in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
         let before = blocks.states(write.locked)
         func stateBefore(_ block: UInt64) -> BlockState { before[Int(block - write.locked.lowerBound)] }
@@ -221,8 +245,9 @@ extension Engine {
                 do throws(CacheError) {
                     let bytes = try Buffer.allocate(Int(write.length(of: edge)))
                     try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
-                    try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held,
-                                             using: &reservation)
+                    try blocks.keepAssembled(
+                        UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held,
+                        using: &reservation)
                     completed.append(edge)
                 } catch {
                     debug("write through: block \(edge) left out of the cache: \(error)")
@@ -242,20 +267,23 @@ extension Engine {
         var cacheError: CacheError?
         nonisolated(unsafe) let bytes = payload
         let threads = blocks.writeBackThreads > 1 && payload.count >= Engine.overlapThreshold ? 2 : 1
-        alongside(threads: threads, {
-            do throws(Errno) {
-                try bytes.send(0..<bytes.count, to: backend, at: write.request.lowerBound, fua: fua)
-            } catch {
-                pluginError.withLock { $0 = error }
-            }
-        }, {
-            guard !stored.isEmpty else { return }
-            do throws(CacheError) {
-                try storeBack(bytes, write, stored, through: true, backend: backend, in: held)
-            } catch {
-                cacheError = error
-            }
-        })
+        alongside(
+            threads: threads,
+            {
+                do throws(Errno) {
+                    try bytes.send(0..<bytes.count, to: backend, at: write.request.lowerBound, fua: fua)
+                } catch {
+                    pluginError.withLock { $0 = error }
+                }
+            },
+            {
+                guard !stored.isEmpty else { return }
+                do throws(CacheError) {
+                    try storeBack(bytes, write, stored, through: true, backend: backend, in: held)
+                } catch {
+                    cacheError = error
+                }
+            })
         // A failed plugin write may leave old bytes in blocks the cache had
         // as clean: only blocks that were already newer than the plugin keep
         // what the cache has; the rest read from the plugin again.
@@ -270,17 +298,21 @@ extension Engine {
             blocks.release(write.request, of: stored, size: write.size, in: held)
             return
         }
-        blocks.markClean(stored.filter { block in
-            !write.edges.contains(block) || [.clean, .zero].contains(stateBefore(block)) || completed.contains(block)
-        }, in: held)
+        blocks.markClean(
+            stored.filter { block in
+                !write.edges.contains(block) || [.clean, .zero].contains(stateBefore(block))
+                    || completed.contains(block)
+            }, in: held)
     }
 
     /// Trim goes to the plugin; blocks it wholly covers are dropped from the
     /// cache, and so are clean blocks and known zeroes it covers in part (the
     /// plugin's copy may have changed under them). Partly covered dirty
     /// blocks stay dirty.
-    public func trim(count: UInt64, at offset: UInt64, fua requestedFUA: Bool,
-                     backend: some Backend) throws(CacheError) {
+    public func trim(
+        count: UInt64, at offset: UInt64, fua requestedFUA: Bool,
+        backend: some Backend
+    ) throws(CacheError) {
         let backend = counting(.trim, backend)
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
@@ -288,8 +320,9 @@ extension Engine {
         var failure: CacheError?
         do {
             let held = blocks.lock(geometry.blocks(covering: offset, count: count))
-            let write = BlockWrite(geometry: geometry, request: offset..<offset + count,
-                                   size: blocks.size(seenBy: backend.size))
+            let write = BlockWrite(
+                geometry: geometry, request: offset..<offset + count,
+                size: blocks.size(seenBy: backend.size))
             do {
                 try backend.trim(count: count, at: offset, fua: requestedFUA && !flushAfter)
             } catch {

@@ -14,24 +14,26 @@ enum Callbacks {
 
     // MARK: Configuration
 
-    static let config: @convention(c) (
-        (@convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Int32)?,
-        OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?
-    ) -> Int32 = { next, backend, key, value in
-        guard let key, let value else { return -1 }
-        switch SwiftCacheFilter.shared.configure(key: String(cString: key), value: String(cString: value)) {
-        case .handled: return 0
-        case .failed: return -1
-        case .notOurs: return next?(backend, key, value) ?? -1
+    static let config:
+        @convention(c) (
+            (@convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Int32)?,
+            OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?
+        ) -> Int32 = { next, backend, key, value in
+            guard let key, let value else { return -1 }
+            switch SwiftCacheFilter.shared.configure(key: String(cString: key), value: String(cString: value)) {
+            case .handled: return 0
+            case .failed: return -1
+            case .notOurs: return next?(backend, key, value) ?? -1
+            }
         }
-    }
 
-    static let configComplete: @convention(c) (
-        (@convention(c) (OpaquePointer?) -> Int32)?, OpaquePointer?
-    ) -> Int32 = { next, backend in
-        guard Parameters.check(SwiftCacheFilter.shared.settings.cache) else { return -1 }
-        return next?(backend) ?? -1
-    }
+    static let configComplete:
+        @convention(c) (
+            (@convention(c) (OpaquePointer?) -> Int32)?, OpaquePointer?
+        ) -> Int32 = { next, backend in
+            guard Parameters.check(SwiftCacheFilter.shared.settings.cache) else { return -1 }
+            return next?(backend) ?? -1
+        }
 
     static let getReady: @convention(c) (Int32) -> Int32 = { threadModel in
         SwiftCacheFilter.shared.getReady(parallel: threadModel == NBDKIT_THREAD_MODEL_PARALLEL) ? 0 : -1
@@ -47,19 +49,20 @@ enum Callbacks {
 
     // MARK: Connections
 
-    static let open: @convention(c) (
-        (@convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?) -> Int32)?,
-        OpaquePointer?, Int32, UnsafePointer<CChar>?, Int32
-    ) -> UnsafeMutableRawPointer? = { next, context, readonly, exportName, _ in
-        guard let next, next(context, readonly, exportName) != -1 else { return nil }
-        do {
-            let engine = try SwiftCacheFilter.shared.cache(forExport: exportName.map { String(cString: $0) } ?? "")
-            return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
-        } catch {
-            Log.error("swiftcache: \(error)")
-            return nil
+    static let open:
+        @convention(c) (
+            (@convention(c) (OpaquePointer?, Int32, UnsafePointer<CChar>?) -> Int32)?,
+            OpaquePointer?, Int32, UnsafePointer<CChar>?, Int32
+        ) -> UnsafeMutableRawPointer? = { next, context, readonly, exportName, _ in
+            guard let next, next(context, readonly, exportName) != -1 else { return nil }
+            do {
+                let engine = try SwiftCacheFilter.shared.cache(forExport: exportName.map { String(cString: $0) } ?? "")
+                return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
+            } catch {
+                Log.error("swiftcache: \(error)")
+                return nil
+            }
         }
-    }
 
     static let close: @convention(c) (Handle) -> Void = { handle in
         guard let handle else { return }
@@ -109,19 +112,21 @@ enum Callbacks {
 
     // MARK: What the client sees
 
-    static let blockSize: @convention(c) (
-        Next, Handle, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?
-    ) -> Int32 = { next, handle, minimum, preferred, maximum in
-        guard let next, let minimum, let preferred, let maximum,
-              next.pointee.block_size(next, minimum, preferred, maximum) != -1 else { return -1 }
-        let sizes = Capabilities.blockSize(
-            plugin: BlockSizes(minimum: minimum.pointee, preferred: preferred.pointee, maximum: maximum.pointee),
-            cacheBlock: Connection.from(handle).engine.blockSize)
-        minimum.pointee = sizes.minimum
-        preferred.pointee = sizes.preferred
-        maximum.pointee = sizes.maximum
-        return 0
-    }
+    static let blockSize:
+        @convention(c) (
+            Next, Handle, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?, UnsafeMutablePointer<UInt32>?
+        ) -> Int32 = { next, handle, minimum, preferred, maximum in
+            guard let next, let minimum, let preferred, let maximum,
+                next.pointee.block_size(next, minimum, preferred, maximum) != -1
+            else { return -1 }
+            let sizes = Capabilities.blockSize(
+                plugin: BlockSizes(minimum: minimum.pointee, preferred: preferred.pointee, maximum: maximum.pointee),
+                cacheBlock: Connection.from(handle).engine.blockSize)
+            minimum.pointee = sizes.minimum
+            preferred.pointee = sizes.preferred
+            maximum.pointee = sizes.maximum
+            return 0
+        }
 
     static let canFlush: @convention(c) (Next, Handle) -> Int32 = { next, handle in
         let plugin = next!.pointee.can_flush(next)
@@ -170,26 +175,30 @@ enum Callbacks {
         }
     }
 
-    static let pread: @convention(c) (
-        Next, Handle, UnsafeMutableRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
-    ) -> Int32 = { next, handle, buffer, count, offset, _, err in
-        let connection = Connection.from(handle)
-        return serve(err) { () throws(CacheError) in
-            try connection.engine.read(into: UnsafeMutableRawBufferPointer(start: buffer, count: Int(count)),
-                                       at: offset, backend: connection.backend(next))
+    static let pread:
+        @convention(c) (
+            Next, Handle, UnsafeMutableRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
+        ) -> Int32 = { next, handle, buffer, count, offset, _, err in
+            let connection = Connection.from(handle)
+            return serve(err) { () throws(CacheError) in
+                try connection.engine.read(
+                    into: UnsafeMutableRawBufferPointer(start: buffer, count: Int(count)),
+                    at: offset, backend: connection.backend(next))
+            }
         }
-    }
 
-    static let pwrite: @convention(c) (
-        Next, Handle, UnsafeRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
-    ) -> Int32 = { next, handle, buffer, count, offset, flags, err in
-        let connection = Connection.from(handle)
-        return serve(err) { () throws(CacheError) in
-            defer { connection.engine.connectionWrote(connection.writes) }
-            try connection.engine.write(UnsafeRawBufferPointer(start: buffer, count: Int(count)), at: offset,
-                                        fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0, backend: connection.backend(next))
+    static let pwrite:
+        @convention(c) (
+            Next, Handle, UnsafeRawPointer?, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?
+        ) -> Int32 = { next, handle, buffer, count, offset, flags, err in
+            let connection = Connection.from(handle)
+            return serve(err) { () throws(CacheError) in
+                defer { connection.engine.connectionWrote(connection.writes) }
+                try connection.engine.write(
+                    UnsafeRawBufferPointer(start: buffer, count: Int(count)), at: offset,
+                    fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0, backend: connection.backend(next))
+            }
         }
-    }
 
     static let zero: @convention(c) (Next, Handle, UInt32, UInt64, UInt32, UnsafeMutablePointer<Int32>?) -> Int32 = {
         next, handle, count, offset, flags, err in
@@ -198,9 +207,10 @@ enum Callbacks {
         return serve(err) { () throws(CacheError) in
             defer { connection.engine.connectionWrote(connection.writes) }
             do throws(CacheError) {
-                try connection.engine.zero(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
-                                           mayTrim: flags & UInt32(NBDKIT_FLAG_MAY_TRIM) != 0, fastZero: fastZero,
-                                           backend: connection.backend(next))
+                try connection.engine.zero(
+                    count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
+                    mayTrim: flags & UInt32(NBDKIT_FLAG_MAY_TRIM) != 0, fastZero: fastZero,
+                    backend: connection.backend(next))
             } catch {
                 // nbdkit only allows ENOTSUP from .zero for FAST_ZERO.
                 let unsupported = error.errno == .notSupported || error.errno == .notSupportedOnSocket
@@ -213,8 +223,9 @@ enum Callbacks {
         next, handle, count, offset, flags, err in
         let connection = Connection.from(handle)
         return serve(err) { () throws(CacheError) in
-            try connection.engine.trim(count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
-                                       backend: connection.backend(next))
+            try connection.engine.trim(
+                count: UInt64(count), at: offset, fua: flags & UInt32(NBDKIT_FLAG_FUA) != 0,
+                backend: connection.backend(next))
         }
     }
 
@@ -230,20 +241,22 @@ enum Callbacks {
         }
     }
 
-    static let extents: @convention(c) (
-        Next, Handle, UInt32, UInt64, UInt32, OpaquePointer?, UnsafeMutablePointer<Int32>?
-    ) -> Int32 = {
-        next, handle, count, offset, flags, list, err in
-        let connection = Connection.from(handle)
-        return serve(err) { () throws(CacheError) in
-            let extents = try connection.engine.extents(count: UInt64(count), at: offset,
-                                                        onlyOne: flags & UInt32(NBDKIT_FLAG_REQ_ONE) != 0,
-                                                        backend: connection.backend(next))
-            for extent in extents where nbdkit_add_extent(list, extent.offset, extent.length, extent.type) == -1 {
-                throw CacheError(Errno(rawValue: errno), "adding an extent")
+    static let extents:
+        @convention(c) (
+            Next, Handle, UInt32, UInt64, UInt32, OpaquePointer?, UnsafeMutablePointer<Int32>?
+        ) -> Int32 = {
+            next, handle, count, offset, flags, list, err in
+            let connection = Connection.from(handle)
+            return serve(err) { () throws(CacheError) in
+                let extents = try connection.engine.extents(
+                    count: UInt64(count), at: offset,
+                    onlyOne: flags & UInt32(NBDKIT_FLAG_REQ_ONE) != 0,
+                    backend: connection.backend(next))
+                for extent in extents where nbdkit_add_extent(list, extent.offset, extent.length, extent.type) == -1 {
+                    throw CacheError(Errno(rawValue: errno), "adding an extent")
+                }
             }
         }
-    }
 
     /// NBD_CMD_CACHE. The readahead filter calls this from its own thread
     /// with no `err`; nbdkit then cannot take a failure (it would read

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 import CNBDKit
-import Synchronization
 import SwiftCacheCore
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -56,9 +56,10 @@ final class SwiftCacheFilter: Sendable {
                 try StatsFile(path: path, statistics: statistics)
             }
             Log.debug("swiftcache: \(Version.description)")
-            Log.debug("swiftcache: mode \(settings.cache.mode.rawValue), block size \(defaultExport.blockSize), "
-                      + "cache files in \(directory), up to \(threads) write-back requests at once"
-                      + (stats.map { ", statistics in \($0.path)" } ?? ""))
+            Log.debug(
+                "swiftcache: mode \(settings.cache.mode.rawValue), block size \(defaultExport.blockSize), "
+                    + "cache files in \(directory), up to \(threads) write-back requests at once"
+                    + (stats.map { ", statistics in \($0.path)" } ?? ""))
             statsFile.withLock { $0 = stats }
             return true
         } catch {
@@ -86,9 +87,10 @@ final class SwiftCacheFilter: Sendable {
         return try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
             guard var ready = caches else { throw CacheError(.ioError, "the cache is not ready") }
             if let engine = ready.byExport[name] { return engine }
-            let engine = try Engine(config: config, file: try CacheFile(directory: ready.directory),
-                                    debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
-                                    budget: ready.budget, statistics: statistics)
+            let engine = try Engine(
+                config: config, file: try CacheFile(directory: ready.directory),
+                debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
+                budget: ready.budget, statistics: statistics)
             ready.byExport[name] = engine
             caches = ready
             Log.debug("swiftcache: a cache for export \"\(name)\"")
@@ -107,8 +109,9 @@ final class SwiftCacheFilter: Sendable {
         for (name, engine) in caches.byExport.sorted(by: { $0.key < $1.key }) {
             let unwritten = engine.unwritten
             if unwritten.blocks > 0 {
-                Log.error("swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) of "
-                          + "export \"\(name)\" never written back to the plugin: they are lost")
+                Log.error(
+                    "swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) of "
+                        + "export \"\(name)\" never written back to the plugin: they are lost")
             }
         }
         let final = statistics.snapshot()

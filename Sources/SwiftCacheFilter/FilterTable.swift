@@ -9,6 +9,9 @@ import Glibc
 /// not listed here (get_size, can_write, can_trim, can_extents, ...) is the
 /// plugin's own.
 enum FilterTable {
+    // The assignments below are the filter's table of contents, their
+    // comments aligned in one column, which swift-format would not keep.
+    // swift-format-ignore
     nonisolated(unsafe) static let table: UnsafeMutablePointer<nbdkit_filter> = {
         var filter = nbdkit_filter()
         filter._api_version = NBDKIT_FILTER_API_VERSION

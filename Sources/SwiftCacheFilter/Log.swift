@@ -20,6 +20,7 @@ enum Log {
     }
 
     /// Per-block messages, on with `-D swiftcache.verbose=1`.
-    static let verbose = DebugLog(isOn: { swiftcache_verbose() != 0 }, emit: { debug("swiftcache: \($0)") },
-                                  warn: { error("swiftcache: \($0)") })
+    static let verbose = DebugLog(
+        isOn: { swiftcache_verbose() != 0 }, emit: { debug("swiftcache: \($0)") },
+        warn: { error("swiftcache: \($0)") })
 }

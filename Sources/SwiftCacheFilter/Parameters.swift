@@ -112,8 +112,10 @@ enum Parameters {
     /// value gives one error line that names the parameter as well as why:
     /// `swiftcache: cache-max-size=abc: could not parse size string (abc)`.
     /// nbdkit configures filters on its one thread, before any other exists.
-    private static func parse<Result: BinaryInteger>(_ key: String, _ value: String,
-                                                     _ parser: () -> Result) -> Result? {
+    private static func parse<Result: BinaryInteger>(
+        _ key: String, _ value: String,
+        _ parser: () -> Result
+    ) -> Result? {
         let (result, said) = catchingStderr(parser)
         guard result == -1 else {
             if !said.isEmpty { _ = write(STDERR_FILENO, said, said.utf8.count) }  // not an error: as it was

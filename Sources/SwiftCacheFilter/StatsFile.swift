@@ -57,10 +57,12 @@ final class StatsFile: @unchecked Sendable {
     func start() throws(CacheError) {
         var created = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
-        let result = pthread_create(&created, nil, { context in
-            if let context { Unmanaged<StatsFile>.fromOpaque(context).takeRetainedValue().run() }
-            return nil
-        }, context)
+        let result = pthread_create(
+            &created, nil,
+            { context in
+                if let context { Unmanaged<StatsFile>.fromOpaque(context).takeRetainedValue().run() }
+                return nil
+            }, context)
         guard result == 0 else {
             Unmanaged<StatsFile>.fromOpaque(context).release()
             throw CacheError(Errno(rawValue: result), "cache-stats=\(path): cannot start the thread that writes it")

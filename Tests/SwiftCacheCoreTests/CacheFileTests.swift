@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// The cache file on its own, on a disk file system and on tmpfs (where large
@@ -23,8 +24,10 @@ final class CacheFileTests: XCTestCase {
             try file.resize(to: size)
             var model = [UInt8](repeating: 0, count: Int(size))
             // Data runs of odd lengths and places, holes between them.
-            for (n, (offset, length)) in [(0, 5000), (200_000, 65536), (300_000, 1), (1_048_576, 400_000),
-                                          (3 * 1_048_576 + 7, 1_048_569)].enumerated() {
+            for (n, (offset, length)) in [
+                (0, 5000), (200_000, 65536), (300_000, 1), (1_048_576, 400_000),
+                (3 * 1_048_576 + 7, 1_048_569),
+            ].enumerated() {
                 let data = randomBytes(length, seed: 500 + UInt64(n))
                 try data.withUnsafeBytes { try file.write($0, at: UInt64(offset)) }
                 model.replaceSubrange(offset..<offset + length, with: data)
@@ -73,8 +76,10 @@ final class CacheFileTests: XCTestCase {
             for edge in [window, 7 * window, (1 << 40) - window] {
                 let data = randomBytes(300_000, seed: edge)
                 try data.withUnsafeBytes { try file.write($0, at: edge - 150_000) }
-                for (offset, count) in [(edge - 2500, 5000), (edge - 150_000, 300_000), (edge - 65536, 131_072),
-                    (edge - 1, 2)] {
+                for (offset, count) in [
+                    (edge - 2500, 5000), (edge - 150_000, 300_000), (edge - 65536, 131_072),
+                    (edge - 1, 2),
+                ] {
                     var out = [UInt8](repeating: 0xA5, count: count)
                     try out.withUnsafeMutableBytes { try file.read(into: $0, at: offset) }
                     let from = Int(offset - (edge - 150_000))
@@ -82,7 +87,8 @@ final class CacheFileTests: XCTestCase {
                 }
             }
             let growthKiB = virtualMemoryKiB() - sizeBefore
-            XCTAssertLessThan(growthKiB, 1 << 20,
+            XCTAssertLessThan(
+                growthKiB, 1 << 20,
                 "\(parent): reading a 1 TiB cache file grew VmSize by \(growthKiB) KiB")
         }
     }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// What the client sees (SPEC §3), checked against the table written out by
@@ -36,8 +37,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in [false, true] {
                 let expected = Self.canFlushTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.canFlush(mode: mode, plugin: plugin), expected,
-                               "can_flush, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.canFlush(mode: mode, plugin: plugin), expected,
+                    "can_flush, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -51,8 +53,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in FUAMode.allCases {
                 let expected = Self.fuaTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.fua(mode: mode, plugin: plugin), expected,
-                               "can_fua, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.fua(mode: mode, plugin: plugin), expected,
+                    "can_fua, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -66,8 +69,9 @@ final class CapabilityTests: EngineTestCase {
             for plugin in [false, true] {
                 let expected = Self.multiConnTable[mode]?[plugin]
                 XCTAssertNotNil(expected, "no row for \(mode), \(plugin)")
-                XCTAssertEqual(Capabilities.canMultiConn(mode: mode, plugin: plugin), expected,
-                               "can_multi_conn, cache=\(mode), plugin \(plugin)")
+                XCTAssertEqual(
+                    Capabilities.canMultiConn(mode: mode, plugin: plugin), expected,
+                    "can_multi_conn, cache=\(mode), plugin \(plugin)")
                 checked += 1
             }
         }
@@ -83,35 +87,43 @@ final class CapabilityTests: EngineTestCase {
     /// A plugin with no constraints gets minimum 1, preferred = the cache block, maximum 0xffffffff.
     func testBlockSizeWhenThePluginSetsNone() {
         for block: UInt64 in [4096, 65536, 1 << 20] {
-            XCTAssertEqual(Capabilities.blockSize(plugin: sizes(0, 0, 0), cacheBlock: block),
-                           sizes(1, UInt32(block), 0xffff_ffff), "cache block \(block)")
+            XCTAssertEqual(
+                Capabilities.blockSize(plugin: sizes(0, 0, 0), cacheBlock: block),
+                sizes(1, UInt32(block), 0xffff_ffff), "cache block \(block)")
         }
     }
 
     /// A plugin maximum below the cache block keeps the plugin's preferred size.
     func testBlockSizeWithAPluginMaximumBelowTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 4096, 32768), cacheBlock: 65536),
-                       sizes(512, 4096, 32768))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(1, 512, 65535), cacheBlock: 65536),
-                       sizes(1, 512, 65535))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 4096, 32768), cacheBlock: 65536),
+            sizes(512, 4096, 32768))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(1, 512, 65535), cacheBlock: 65536),
+            sizes(1, 512, 65535))
     }
 
     /// A plugin maximum at or above the cache block raises the preferred size to the cache block.
     func testBlockSizeWithAPluginMaximumAboveTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 4096, 1 << 20), cacheBlock: 65536),
-                       sizes(512, 65536, 1 << 20))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(1, 512, 65536), cacheBlock: 65536),
-                       sizes(1, 65536, 65536))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(4096, 4096, 0xffff_ffff), cacheBlock: 1 << 20),
-                       sizes(4096, 1 << 20, 0xffff_ffff))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 4096, 1 << 20), cacheBlock: 65536),
+            sizes(512, 65536, 1 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(1, 512, 65536), cacheBlock: 65536),
+            sizes(1, 65536, 65536))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(4096, 4096, 0xffff_ffff), cacheBlock: 1 << 20),
+            sizes(4096, 1 << 20, 0xffff_ffff))
     }
 
     /// A plugin preferred size already larger than the cache block is kept.
     func testBlockSizeWithAPluginPreferredLargerThanTheCacheBlock() {
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(512, 1 << 20, 32 << 20), cacheBlock: 65536),
-                       sizes(512, 1 << 20, 32 << 20))
-        XCTAssertEqual(Capabilities.blockSize(plugin: sizes(131072, 131072, 1 << 20), cacheBlock: 65536),
-                       sizes(131072, 131072, 1 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(512, 1 << 20, 32 << 20), cacheBlock: 65536),
+            sizes(512, 1 << 20, 32 << 20))
+        XCTAssertEqual(
+            Capabilities.blockSize(plugin: sizes(131072, 131072, 1 << 20), cacheBlock: 65536),
+            sizes(131072, 131072, 1 << 20))
     }
 
     // MARK: CacheConfig.validate and Engine.init
@@ -122,6 +134,10 @@ final class CapabilityTests: EngineTestCase {
         return config
     }
 
+    // badConfigs and goodConfigs: one configuration a line, as a table
+    // (swift-format would spread each closure that changes two or three
+    // settings over four or five lines).
+    // swift-format-ignore
     /// Configurations SPEC §2 refuses, each with what it breaks.
     private var badConfigs: [(String, CacheConfig)] {
         [
@@ -142,6 +158,7 @@ final class CapabilityTests: EngineTestCase {
         ]
     }
 
+    // swift-format-ignore
     /// Configurations SPEC §2 accepts, at the edges of the checks.
     private var goodConfigs: [(String, CacheConfig)] {
         [

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class ConcurrencyTests: EngineTestCase {
@@ -12,14 +13,17 @@ final class ConcurrencyTests: EngineTestCase {
     /// its latest write. A ninth thread flushes all along. At the end every
     /// byte read through the engine and, after a final flush, in the backend
     /// equals the model.
-    private func runStripedWriters(mode: CacheMode, cacheOnRead: CacheOnRead, maxSize: UInt64?,
-                                   size: UInt64, minBlockSize: UInt64 = B, writeBackThreads: Int = 1, ops: Int,
-                                   file: StaticString = #filePath, line: UInt = #line) throws {
+    private func runStripedWriters(
+        mode: CacheMode, cacheOnRead: CacheOnRead, maxSize: UInt64?,
+        size: UInt64, minBlockSize: UInt64 = B, writeBackThreads: Int = 1, ops: Int,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let threads = 8
         let stripe = 4099
         let b = MemoryBackend(size: size, seed: 200, fuaMode: .emulate)
-        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
-                               writeBackThreads: writeBackThreads)
+        let e = try makeEngine(
+            b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
+            writeBackThreads: writeBackThreads)
         let initial = b.allBytes
         let stripes = (Int(size) + stripe - 1) / stripe
         let models = Locked<[[UInt8]]>(Array(repeating: [], count: threads))
@@ -61,7 +65,8 @@ final class ConcurrencyTests: EngineTestCase {
                             fail("op \(op): FUA write at \(a)+\(z - a) is not in the backend")
                         }
                     case 50..<58:
-                        try e.zero(count: UInt64(z - a), at: UInt64(a), fua: false, mayTrim: true, fastZero: false,
+                        try e.zero(
+                            count: UInt64(z - a), at: UInt64(a), fua: false, mayTrim: true, fastZero: false,
                             backend: b)
                         model.replaceSubrange(a..<z, with: repeatElement(0, count: z - a))
                     case 58..<62:
@@ -112,8 +117,9 @@ final class ConcurrencyTests: EngineTestCase {
             assertBytes(b.allBytes, expected, "backend after the final flush", file: file, line: line)
         }
         if let maxSize {
-            XCTAssertLessThanOrEqual(e.cachedBytes, maxSize + UInt64(threads) * 4 * e.blockSize,
-                                     "cachedBytes far over cache-max-size", file: file, line: line)
+            XCTAssertLessThanOrEqual(
+                e.cachedBytes, maxSize + UInt64(threads) * 4 * e.blockSize,
+                "cachedBytes far over cache-max-size", file: file, line: line)
         }
     }
 
@@ -126,18 +132,21 @@ final class ConcurrencyTests: EngineTestCase {
     }
 
     func testConcurrentWritebackWithCacheOnReadAndReclaimAnd4KBlocks() throws {
-        try runStripedWriters(mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
-                              minBlockSize: 4096, ops: 300)
+        try runStripedWriters(
+            mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
+            minBlockSize: 4096, ops: 300)
     }
 
     func testConcurrentWritebackWithParallelWriteBack() throws {
-        try runStripedWriters(mode: .writeback, cacheOnRead: .never, maxSize: nil, size: 2 * MiB,
-                              writeBackThreads: 8, ops: 300)
+        try runStripedWriters(
+            mode: .writeback, cacheOnRead: .never, maxSize: nil, size: 2 * MiB,
+            writeBackThreads: 8, ops: 300)
     }
 
     func testConcurrentWritebackWithParallelWriteBackReclaimAnd4KBlocks() throws {
-        try runStripedWriters(mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
-                              minBlockSize: 4096, writeBackThreads: 8, ops: 300)
+        try runStripedWriters(
+            mode: .writeback, cacheOnRead: .always, maxSize: MiB, size: 2 * MiB,
+            minBlockSize: 4096, writeBackThreads: 8, ops: 300)
     }
 
     func testConcurrentWritethrough() throws {
@@ -178,8 +187,10 @@ final class ConcurrencyTests: EngineTestCase {
 
     /// A writer fills a 4-block unaligned range with one byte value after
     /// another; readers must always see a single value across the range.
-    private func runTornReadCheck(mode: CacheMode, cacheOnRead: CacheOnRead, maxSize: UInt64? = nil,
-                                  file: StaticString = #filePath, line: UInt = #line) throws {
+    private func runTornReadCheck(
+        mode: CacheMode, cacheOnRead: CacheOnRead, maxSize: UInt64? = nil,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let b = MemoryBackend(size: MiB, seed: 220, fuaMode: .native)
         let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize)
         let offset: UInt64 = 30_000, count = 200_000
@@ -191,8 +202,9 @@ final class ConcurrencyTests: EngineTestCase {
             case 0:
                 for generation in 1...120 {
                     do {
-                        try e.writeBytes(Array(repeating: UInt8(generation), count: count), at: offset,
-                                         fua: generation % 7 == 0, b)
+                        try e.writeBytes(
+                            Array(repeating: UInt8(generation), count: count), at: offset,
+                            fua: generation % 7 == 0, b)
                     } catch { torn.withLock { $0.append("writer: \(error)") } }
                 }
                 done.withLock { $0 = true }
@@ -250,7 +262,10 @@ final class ConcurrencyTests: EngineTestCase {
             let data = randomBytes(Int(B), seed: 231)
             let readStarted = Locked(false)
             b.setOnRead { req in
-                if req.offset == B { readStarted.withLock { $0 = true }; usleep(30_000) }
+                if req.offset == B {
+                    readStarted.withLock { $0 = true }
+                    usleep(30_000)
+                }
             }
             let failures = Locked<[String]>([])
             runThreads(2) { t in
@@ -306,13 +321,20 @@ final class FlushRaceTests: EngineTestCase {
                 }.start()
                 for _ in 0..<5000 where !started.withLock({ $0 }) { usleep(1000) }
                 usleep(200_000)
-            } else if req.offset == 5 * B && !req.fua && armed.withLock({ let was = $0; $0 = false; return was }) {
+            } else if req.offset == 5 * B && !req.fua
+                && armed.withLock({
+                    let was = $0
+                    $0 = false
+                    return was
+                })
+            {
                 // The flush writes block 5 back. Is block 5 held? Another request writes it now.
                 let held = e.isLocked(5)
                 seen.withLock { $0.append("write-back of block 5 with block 5 \(held ? "held" : "NOT held")") }
                 Thread {
-                    do { try e.writeBytes(new5, at: 5 * B,
-                        b) } catch { seen.withLock { $0.append("writer: \(error)") } }
+                    do { try e.writeBytes(new5, at: 5 * B, b) } catch {
+                        seen.withLock { $0.append("writer: \(error)") }
+                    }
                     writerDone.withLock { $0 = true }
                 }.start()
                 // A writer must wait for the flush; give it 200 ms to show that it does not.
@@ -352,7 +374,7 @@ final class FlushRaceTests: EngineTestCase {
                     flushDone.withLock { $0 = true }
                 }.start()
                 for _ in 0..<5000 where !started.withLock({ $0 }) { usleep(1000) }
-                usleep(200_000)             // the flush now waits for block 0
+                usleep(200_000)  // the flush now waits for block 0
                 try? e.writeBytes(block3, at: 3 * B, b)
             } else if !req.fua {
                 let blocks = (req.offset / B)..<((req.offset + req.length + B - 1) / B)

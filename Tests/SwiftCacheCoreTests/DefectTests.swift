@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// The seven defects of issue 7, each pinned at the core level by the
@@ -117,8 +118,10 @@ final class DefectTests: EngineTestCase {
     // MARK: 3. Never call the backend past a connection's size
 
     /// An engine sized 4 MiB, then grown to 8 MiB by a second connection `b` (A still sees 4 MiB).
-    private func grownEngine(seed: UInt64, sizeA: UInt64 = 4 * MiB, cacheOnRead: CacheOnRead = .never,
-                             maxSize: UInt64? = nil) throws -> (MemoryBackend, Engine, Connection) {
+    private func grownEngine(
+        seed: UInt64, sizeA: UInt64 = 4 * MiB, cacheOnRead: CacheOnRead = .never,
+        maxSize: UInt64? = nil
+    ) throws -> (MemoryBackend, Engine, Connection) {
         let b = MemoryBackend(size: 8 * MiB, seed: seed)
         let e = try makeEngine(b, size: sizeA, cacheOnRead: cacheOnRead, maxSize: maxSize)
         let a = Connection(b, size: sizeA)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// Connections that see the export at different sizes (it grew or shrank
@@ -14,7 +15,7 @@ final class ExportSizeTests: EngineTestCase {
         let disk = MemoryBackend(size: 10 * MiB, seed: 600)
         let e = try makeEngine(disk, mode: .writeback)
         let older = Connection(disk, size: 10 * MiB), smaller = Connection(disk, size: 5 * MiB)
-        try e.setExportSize(5 * MiB)                       // the export shrank: a new connection sees 5 MiB
+        try e.setExportSize(5 * MiB)  // the export shrank: a new connection sees 5 MiB
         let data = randomBytes(512, seed: 601)
         try e.writeBytes(data, at: 8 * MiB, older)
         XCTAssertEqual(e.state(ofBlock: 128), .partial)
@@ -36,7 +37,7 @@ final class ExportSizeTests: EngineTestCase {
         let oldSize = 5 * MiB + 2048
         let e = try makeEngine(disk, size: oldSize, mode: .writeback)
         let older = Connection(disk, size: oldSize)
-        try e.reopen(disk, size: 10 * MiB)                 // the export grew
+        try e.reopen(disk, size: 10 * MiB)  // the export grew
         let first = randomBytes(512, seed: 611), second = randomBytes(100, seed: 612)
         try e.writeBytes(first, at: 5 * MiB, older)
         try e.writeBytes(second, at: 5 * MiB + 1500, older)
@@ -70,7 +71,13 @@ final class ExportSizeTests: EngineTestCase {
         let armed = Locked(true)
         let shrinker = Locked<Thread?>(nil)
         disk.setOnRead { req in
-            guard req.offset == 100 * B, armed.withLock({ let was = $0; $0 = false; return was }) else { return }
+            guard req.offset == 100 * B,
+                armed.withLock({
+                    let was = $0
+                    $0 = false
+                    return was
+                })
+            else { return }
             // While the older connection fills block 100, the export shrinks.
             let thread = Thread {
                 try? e.setExportSize(5 * MiB)
@@ -106,7 +113,7 @@ final class ExportSizeTests: EngineTestCase {
             } else {
                 _ = try e.readBytes(0, 100_000, older)
             }
-            try e.setExportSize(70_000)                        // the file was truncated to 70000 bytes
+            try e.setExportSize(70_000)  // the file was truncated to 70000 bytes
             disk.resetStats()
             if dirty {
                 try e.flush(backend: smaller)
@@ -131,7 +138,7 @@ final class ExportSizeTests: EngineTestCase {
         let oldSize: UInt64 = 171_072
         let e = try makeEngine(disk, size: oldSize, mode: .writeback)
         let older = Connection(disk, size: oldSize)
-        try e.reopen(disk, size: 256 << 10)                 // the export grew
+        try e.reopen(disk, size: 256 << 10)  // the export grew
         var model = disk.allBytes
         for i in 0..<20 {
             let offset = 2 * B + UInt64(i) * 100

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class ExtentsTests: EngineTestCase {
@@ -16,32 +17,41 @@ final class ExtentsTests: EngineTestCase {
     func testCleanCachePassesThePluginAnswerThrough() throws {
         let b = makeDisk(seed: 150)
         let e = try makeEngine(b, mode: .writeback)
-        XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
-                       [Extent(offset: 0, length: 8 * B, type: holeZero), Extent(offset: 8 * B, length: 8 * B,
-                           type: 0)])
-        XCTAssertEqual(try e.extents(count: 100, at: 1000, onlyOne: false, backend: b),
-                       [Extent(offset: 1000, length: 100, type: holeZero)])
-        XCTAssertEqual(try e.extents(count: 8 * B, at: 4 * B, onlyOne: true, backend: b),
-                       [Extent(offset: 4 * B, length: 4 * B, type: holeZero)])
+        XCTAssertEqual(
+            try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
+            [
+                Extent(offset: 0, length: 8 * B, type: holeZero),
+                Extent(offset: 8 * B, length: 8 * B, type: 0),
+            ])
+        XCTAssertEqual(
+            try e.extents(count: 100, at: 1000, onlyOne: false, backend: b),
+            [Extent(offset: 1000, length: 100, type: holeZero)])
+        XCTAssertEqual(
+            try e.extents(count: 8 * B, at: 4 * B, onlyOne: true, backend: b),
+            [Extent(offset: 4 * B, length: 4 * B, type: holeZero)])
     }
 
     func testUnflushedWriteOverAHoleIsData() throws {
         let b = makeDisk(seed: 151)
         let e = try makeEngine(b, mode: .writeback)
-        try e.writeBytes(randomBytes(1000, seed: 152), at: 70_000, b)   // block 1 partial
+        try e.writeBytes(randomBytes(1000, seed: 152), at: 70_000, b)  // block 1 partial
         XCTAssertEqual(e.state(ofBlock: 1), .partial)
 
-        XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
-            Extent(offset: 0, length: B, type: holeZero),
-            Extent(offset: B, length: B, type: 0),
-            Extent(offset: 2 * B, length: 6 * B, type: holeZero),
-            Extent(offset: 8 * B, length: 8 * B, type: 0),
-        ])
+        XCTAssertEqual(
+            try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
+            [
+                Extent(offset: 0, length: B, type: holeZero),
+                Extent(offset: B, length: B, type: 0),
+                Extent(offset: 2 * B, length: 6 * B, type: holeZero),
+                Extent(offset: 8 * B, length: 8 * B, type: 0),
+            ])
         // Starting inside the dirty block: the first extent starts at the offset asked for.
-        XCTAssertEqual(try e.extents(count: 100_000, at: 70_000, onlyOne: false, backend: b), [
-            Extent(offset: 70_000, length: 2 * B - 70_000, type: 0),
-            Extent(offset: 2 * B, length: 170_000 - 2 * B, type: holeZero),
-        ])
+        XCTAssertEqual(
+            try e.extents(count: 100_000, at: 70_000, onlyOne: false, backend: b),
+            [
+                Extent(offset: 70_000, length: 2 * B - 70_000, type: 0),
+                Extent(offset: 2 * B, length: 170_000 - 2 * B, type: holeZero),
+            ])
         let one = try e.extents(count: 100_000, at: 70_000, onlyOne: true, backend: b)
         XCTAssertEqual(one.first, Extent(offset: 70_000, length: 2 * B - 70_000, type: 0))
         let fromZero = try e.extents(count: MiB, at: 0, onlyOne: true, backend: b)
@@ -49,8 +59,9 @@ final class ExtentsTests: EngineTestCase {
         let inside = try e.extents(count: 10, at: B + 5, onlyOne: true, backend: b)
         XCTAssertEqual(inside.first, Extent(offset: B + 5, length: 10, type: 0))
         // Clean regions keep the plugin's type.
-        XCTAssertEqual(try e.extents(count: 100, at: 2 * B + 5, onlyOne: false, backend: b),
-                       [Extent(offset: 2 * B + 5, length: 100, type: holeZero)])
+        XCTAssertEqual(
+            try e.extents(count: 100, at: 2 * B + 5, onlyOne: false, backend: b),
+            [Extent(offset: 2 * B + 5, length: 100, type: holeZero)])
         // Block status neither reads the plugin nor changes the partial block.
         XCTAssertEqual(b.stats.reads, 0)
         XCTAssertEqual(e.state(ofBlock: 1), .partial)
@@ -65,8 +76,12 @@ final class ExtentsTests: EngineTestCase {
             try e.writeBytes([1], at: block * B + 17, b)
         }
         try e.writeBytes(Array(repeating: 1, count: Int(B)), at: 5 * B, b)
-        XCTAssertEqual(e.states(0..<10), [.partial, .notCached, .partial, .partial, .notCached,
-                                           .dirty, .partial, .notCached, .notCached, .partial])
+        XCTAssertEqual(
+            e.states(0..<10),
+            [
+                .partial, .notCached, .partial, .partial, .notCached,
+                .dirty, .partial, .notCached, .notCached, .partial,
+            ])
         var rng = SplitMix64(seed: 154)
         for _ in 0..<300 {
             let offset = rng.next() % MiB
@@ -92,28 +107,33 @@ final class ExtentsTests: EngineTestCase {
     func testCleanAndFlushedBlocksKeepThePluginType() throws {
         let b = makeDisk(seed: 155)
         let e = try makeEngine(b, mode: .writeback)
-        try e.cache(count: B, at: 3 * B, backend: b)                        // clean copy of a hole
+        try e.cache(count: B, at: 3 * B, backend: b)  // clean copy of a hole
         try e.writeBytes([1, 2, 3], at: B + 10, b)
-        try e.zero(count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false,
-            backend: b) // dirty zeroes over data: zero, and a hole as the client allowed (SPEC §8)
-        XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
-            Extent(offset: 0, length: B, type: holeZero),
-            Extent(offset: B, length: B, type: 0),
-            Extent(offset: 2 * B, length: 6 * B, type: holeZero),
-            Extent(offset: 8 * B, length: B, type: 0),
-            Extent(offset: 9 * B, length: B, type: holeZero),
-            Extent(offset: 10 * B, length: 6 * B, type: 0),
-        ])
+        try e.zero(
+            count: B, at: 9 * B, fua: false, mayTrim: true, fastZero: false,
+            backend: b)  // dirty zeroes over data: zero, and a hole as the client allowed (SPEC §8)
+        XCTAssertEqual(
+            try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
+            [
+                Extent(offset: 0, length: B, type: holeZero),
+                Extent(offset: B, length: B, type: 0),
+                Extent(offset: 2 * B, length: 6 * B, type: holeZero),
+                Extent(offset: 8 * B, length: B, type: 0),
+                Extent(offset: 9 * B, length: B, type: holeZero),
+                Extent(offset: 10 * B, length: 6 * B, type: 0),
+            ])
         try e.flush(backend: b)
         // Now the plugin has block 1's data and block 9's zeroes, and says so itself.
-        XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), [
-            Extent(offset: 0, length: B, type: holeZero),
-            Extent(offset: B, length: B, type: 0),
-            Extent(offset: 2 * B, length: 6 * B, type: holeZero),
-            Extent(offset: 8 * B, length: B, type: 0),
-            Extent(offset: 9 * B, length: B, type: holeZero),
-            Extent(offset: 10 * B, length: 6 * B, type: 0),
-        ])
+        XCTAssertEqual(
+            try e.extents(count: MiB, at: 0, onlyOne: false, backend: b),
+            [
+                Extent(offset: 0, length: B, type: holeZero),
+                Extent(offset: B, length: B, type: 0),
+                Extent(offset: 2 * B, length: 6 * B, type: holeZero),
+                Extent(offset: 8 * B, length: B, type: 0),
+                Extent(offset: 9 * B, length: B, type: holeZero),
+                Extent(offset: 10 * B, length: 6 * B, type: 0),
+            ])
     }
 
     func testPluginAnswersThatDoNotStartAtTheOffset() throws {
@@ -124,17 +144,22 @@ final class ExtentsTests: EngineTestCase {
             let start = offset & ~(B - 1)
             return [Extent(offset: start, length: 2 * B, type: Extent.hole | Extent.zero)]
         }
-        XCTAssertEqual(try e.extents(count: 1000, at: B + 100, onlyOne: false, backend: b),
-                       [Extent(offset: B + 100, length: 1000, type: holeZero)])
+        XCTAssertEqual(
+            try e.extents(count: 1000, at: B + 100, onlyOne: false, backend: b),
+            [Extent(offset: B + 100, length: 1000, type: holeZero)])
         // A plugin whose answer starts after the offset: the gap is claimed as data.
         b.setExtentsAnswer { _, offset, _ in [Extent(offset: offset + 10, length: 100, type: Extent.hole)] }
-        XCTAssertEqual(try e.extents(count: 1000, at: 5000, onlyOne: false, backend: b),
-                       [Extent(offset: 5000, length: 10, type: 0), Extent(offset: 5010, length: 100,
-                           type: Extent.hole)])
+        XCTAssertEqual(
+            try e.extents(count: 1000, at: 5000, onlyOne: false, backend: b),
+            [
+                Extent(offset: 5000, length: 10, type: 0),
+                Extent(offset: 5010, length: 100, type: Extent.hole),
+            ])
         // No answer at all: data.
         b.setExtentsAnswer { _, _, _ in [] }
-        XCTAssertEqual(try e.extents(count: 1000, at: 5000, onlyOne: true, backend: b),
-                       [Extent(offset: 5000, length: 1000, type: 0)])
+        XCTAssertEqual(
+            try e.extents(count: 1000, at: 5000, onlyOne: true, backend: b),
+            [Extent(offset: 5000, length: 1000, type: 0)])
         b.setExtentsAnswer(nil)
     }
 
@@ -170,7 +195,7 @@ final class ExtentsTests: EngineTestCase {
         let b = makeDisk(seed: 158)
         let e = try makeEngine(b, size: MiB, mode: .writeback, maxSize: MiB)
         let data = randomBytes(Int(B), seed: 159).map { $0 | 1 }
-        try e.writeBytes(data, at: 0, b)       // block 0: dirty, the oldest
+        try e.writeBytes(data, at: 0, b)  // block 0: dirty, the oldest
         b.setAfterExtentsComputed {
             // Another connection writes 15 more blocks: reclaim writes block 0 back and drops it.
             for block in UInt64(1)..<16 { try? e.writeBytes([1], at: block * B, b) }
@@ -198,7 +223,11 @@ final class ExtentsTests: EngineTestCase {
         let list = try e.extents(count: 3 * B, at: 9 * B, onlyOne: false, backend: b)
         b.setAfterExtentsComputed(nil)
         XCTAssertEqual(b.stats.zeroLog, [Req(9 * B, 2 * B)], "written back during the extents call")
-        XCTAssertEqual(list, [Extent(offset: 9 * B, length: B, type: Extent.zero),
-                              Extent(offset: 10 * B, length: 2 * B, type: 0)])
+        XCTAssertEqual(
+            list,
+            [
+                Extent(offset: 9 * B, length: B, type: Extent.zero),
+                Extent(offset: 10 * B, length: 2 * B, type: 0),
+            ])
     }
 }

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SystemPackage
+import XCTest
+
+@testable import SwiftCacheCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import XCTest
-import SystemPackage
-@testable import SwiftCacheCore
 
 /// SPEC §6: a failed cache-file call (ENOSPC, EDQUOT, EIO, a torn write)
 /// fails the request with its errno or not at all, never traps, and leaves
@@ -105,17 +107,20 @@ final class FaultInjectionTests: EngineTestCase {
             Scenario("read of dirty and clean blocks", onRead, [[.read]], setup: prepare) {
                 $0.read(2 * B - 20, at: B + 10)
             },
-            Scenario("read of partial blocks, completed", RigConfig(), [[.read], [.write], [.read, .write]],
-                     setup: prepare) {
+            Scenario(
+                "read of partial blocks, completed", RigConfig(), [[.read], [.write], [.read, .write]],
+                setup: prepare
+            ) {
                 $0.read(3 * B, at: 3 * B)
             },
-            Scenario("NBD_CMD_CACHE of zero, partial and uncached blocks",
-                     RigConfig(zeroes: [12 * B..<14 * B]), [[.zero], [.write], [.read]], setup: prepare) { r in
+            Scenario(
+                "NBD_CMD_CACHE of zero, partial and uncached blocks",
+                RigConfig(zeroes: [12 * B..<14 * B]), [[.zero], [.write], [.read]], setup: prepare
+            ) { r in
                 r.cache(2 * B, at: 12 * B)
                 r.cache(9 * B, at: 3 * B)
             },
-            Scenario("cache-on-read read of the whole export", onRead, [[.read], [.write]],
-                     setup: prepare) {
+            Scenario("cache-on-read read of the whole export", onRead, [[.read], [.write]], setup: prepare) {
                 $0.read(MiB, at: 0)
             },
         ])
@@ -130,40 +135,54 @@ final class FaultInjectionTests: EngineTestCase {
             Scenario("writeback write of new whole blocks", RigConfig(), [[.write]], setup: prepare) {
                 $0.write(2 * B, at: 10 * B)
             },
-            Scenario("writeback write over a dirty edge and a clean block", RigConfig(),
-                     [[.write], [.write, .discard]], setup: prepare) {
+            Scenario(
+                "writeback write over a dirty edge and a clean block", RigConfig(),
+                [[.write], [.write, .discard]], setup: prepare
+            ) {
                 $0.write(B + B / 2, at: B + B / 2)
             },
-            Scenario("writeback write into part of a clean block", RigConfig(), [[.write], [.write, .discard]],
-                     setup: prepare) {
+            Scenario(
+                "writeback write into part of a clean block", RigConfig(), [[.write], [.write, .discard]],
+                setup: prepare
+            ) {
                 $0.write(1000, at: 2 * B + 5000)
             },
             Scenario("writeback writes into uncached and partial blocks", RigConfig(), [[.write]], setup: prepare) {
                 $0.write(500, at: 11 * B + 300)
                 $0.write(300, at: 3 * B + 10_000)
             },
-            Scenario("writeback write with partial edges around dirty blocks", RigConfig(), [[.write]],
-                     setup: prepare) {
+            Scenario(
+                "writeback write with partial edges around dirty blocks", RigConfig(), [[.write]],
+                setup: prepare
+            ) {
                 $0.write(5 * B, at: 6 * B + 30_000)
             },
             Scenario("edge completion past HeldRanges.limit", RigConfig(), [[.read], [.write]], setup: prepare) {
                 XCTAssertEqual($0.e.held(5)?.count, HeldRanges.limit, $0.label)
                 $0.write(100, at: 5 * B + 2000)
             },
-            Scenario("writethrough write with read-modify-write edges", through, [[.write], [.write, .discard]],
-                     setup: prepareThrough) {
+            Scenario(
+                "writethrough write with read-modify-write edges", through, [[.write], [.write, .discard]],
+                setup: prepareThrough
+            ) {
                 $0.write(3 * B, at: B + 1000)
             },
-            Scenario("writethrough write over clean blocks", through, [[.write], [.write, .discard]],
-                     setup: prepareThrough) {
+            Scenario(
+                "writethrough write over clean blocks", through, [[.write], [.write, .discard]],
+                setup: prepareThrough
+            ) {
                 $0.write(B + 3000, at: 2 * B + 5000)
             },
-            Scenario("FUA write over dirty, clean and partial blocks", RigConfig(), [[.write], [.write, .discard]],
-                     setup: prepare) {
+            Scenario(
+                "FUA write over dirty, clean and partial blocks", RigConfig(), [[.write], [.write, .discard]],
+                setup: prepare
+            ) {
                 $0.write(3 * B, at: B + 100, fua: true)
             },
-            Scenario("zero over dirty, clean, partial and uncached blocks", RigConfig(),
-                     [[.zero], [.zero, .discard]], setup: prepare) {
+            Scenario(
+                "zero over dirty, clean, partial and uncached blocks", RigConfig(),
+                [[.zero], [.zero, .discard]], setup: prepare
+            ) {
                 $0.zero(6 * B, at: B + 100)
                 $0.zero(2 * B, at: 10 * B)
             },
@@ -180,17 +199,25 @@ final class FaultInjectionTests: EngineTestCase {
     /// alone), multi-range partial blocks (assembled, their gaps written).
     func testWriteBackFaultsFailCleanlyAndKeepBlockStatesTrue() throws {
         try sweep([
-            Scenario("flush of dirty, single-range and multi-range partial blocks", RigConfig(),
-                     [[.read], [.write], [.discard], [.read, .write, .discard]], setup: prepare) { $0.flush() },
-            Scenario("flush when the plugin's minimum makes every partial block assembled",
-                     RigConfig(minimumRequest: 4096), [[.read], [.write]], setup: prepare) { $0.flush() },
-            Scenario("flush of one run of partial and dirty blocks", RigConfig(), [[.read], [.write]],
-                     setup: { r in
-                         prepare(r)
-                         r.write(2 * B, at: 6 * B)
-                     }) { $0.flush() },
-            Scenario("flush on four write-back threads", RigConfig(writeBackThreads: 4), [[.read], [.write]],
-                     setup: prepare) { $0.flush() },
+            Scenario(
+                "flush of dirty, single-range and multi-range partial blocks", RigConfig(),
+                [[.read], [.write], [.discard], [.read, .write, .discard]], setup: prepare
+            ) { $0.flush() },
+            Scenario(
+                "flush when the plugin's minimum makes every partial block assembled",
+                RigConfig(minimumRequest: 4096), [[.read], [.write]], setup: prepare
+            ) { $0.flush() },
+            Scenario(
+                "flush of one run of partial and dirty blocks", RigConfig(), [[.read], [.write]],
+                setup: { r in
+                    prepare(r)
+                    r.write(2 * B, at: 6 * B)
+                }
+            ) { $0.flush() },
+            Scenario(
+                "flush on four write-back threads", RigConfig(writeBackThreads: 4), [[.read], [.write]],
+                setup: prepare
+            ) { $0.flush() },
         ])
     }
 
@@ -199,12 +226,16 @@ final class FaultInjectionTests: EngineTestCase {
     func testReclaimFaultsFailCleanlyAndKeepBlockStatesTrue() throws {
         let limited = RigConfig(size: 4 * MiB, maxSize: MiB)
         try sweep([
-            Scenario("writeback write that needs room", limited, [[.read], [.discard], [.write], [.read, .discard]],
-                     setup: prepareFull) {
+            Scenario(
+                "writeback write that needs room", limited, [[.read], [.discard], [.write], [.read, .discard]],
+                setup: prepareFull
+            ) {
                 $0.write(10 * B, at: 20 * B)
             },
-            Scenario("cache-on-read fill that needs room", RigConfig(size: 4 * MiB, maxSize: MiB, cacheOnRead: true),
-                     [[.read], [.write], [.discard]], setup: prepareFull) {
+            Scenario(
+                "cache-on-read fill that needs room", RigConfig(size: 4 * MiB, maxSize: MiB, cacheOnRead: true),
+                [[.read], [.write], [.discard]], setup: prepareFull
+            ) {
                 $0.read(10 * B, at: 20 * B)
             },
             Scenario("NBD_CMD_CACHE that needs room", limited, [[.read], [.write]], setup: prepareFull) {
@@ -236,8 +267,9 @@ final class FaultInjectionTests: EngineTestCase {
     /// The same with torn cache writes, failing zeroes and discards, a plugin
     /// minimum of 4096 (every partial block is assembled) and four write-back threads.
     func testFlushNeedsNoRoomEvenWhenWritesTearAndDiscardsFail() throws {
-        let r = try makeRig(RigConfig(size: 4 * MiB, writeBackThreads: 4, minimumRequest: 4096),
-                            "flush with torn writes")
+        let r = try makeRig(
+            RigConfig(size: 4 * MiB, writeBackThreads: 4, minimumRequest: 4096),
+            "flush with torn writes")
         for quarter in UInt64(0)..<4 { prepareBlocks(r, at: quarter * MiB) }
         r.fs.fail([.write, .zero], .always, with: .noSpace, torn: true)
         r.fs.fail(.discard, .always, with: .ioError, torn: true)
@@ -295,8 +327,9 @@ final class FaultInjectionTests: EngineTestCase {
         XCTAssertEqual(r.e.states(6..<10), [.notCached, .notCached, .notCached, .notCached])
         XCTAssertGreaterThan(r.fs.failures(.discard), 0)
         r.disarm()
-        assertBytes(try r.e.readBytes(6 * B, 4 * B, r.b), r.b.bytes(6 * B, 4 * B),
-                    "the plugin's bytes, not half a write")
+        assertBytes(
+            try r.e.readBytes(6 * B, 4 * B, r.b), r.b.bytes(6 * B, 4 * B),
+            "the plugin's bytes, not half a write")
         try verify(r)
     }
 
@@ -380,8 +413,9 @@ final class FaultInjectionTests: EngineTestCase {
     func testEdgeCompletionPastThePartialBlockLimitFailsCleanly() throws {
         let small: UInt64 = 4096
         let limit = UInt64(BlockMap.partialLimit)
-        let r = try makeRig(RigConfig(size: (limit + 16) * small, minBlockSize: small, seed: 0),
-                            "edge completion past BlockMap.partialLimit")
+        let r = try makeRig(
+            RigConfig(size: (limit + 16) * small, minBlockSize: small, seed: 0),
+            "edge completion past BlockMap.partialLimit")
         try XCTSkipUnless(r.e.blockSize == small, "the cache file system's blocks are larger than 4K")
         for block in 0..<limit {
             XCTAssertTrue(r.write([UInt8(truncatingIfNeeded: block) | 1], at: block * small + 7))
@@ -489,7 +523,7 @@ final class FaultInjectionTests: EngineTestCase {
             ("failed write-back of gaps", [.write], { $0.flush() }),
         ]
         for (name, kinds, step) in steps {
-            r.write(5000, at: 10 * B + 7)          // something dirty for the write-backs
+            r.write(5000, at: 10 * B + 7)  // something dirty for the write-backs
             r.arm(kinds, .always, .noSpace, torn: true)
             step(r)
             try assertExtentsTruthful(r, after: name)
@@ -505,7 +539,7 @@ final class FaultInjectionTests: EngineTestCase {
         let oldSize = MiB - 30_000
         let r = try makeRig(RigConfig(size: 2 * MiB, exportSize: oldSize), "a last block seen in part")
         let older = Connection(r.b, size: oldSize)
-        try r.e.reopen(r.b, size: 2 * MiB)             // the export grew
+        try r.e.reopen(r.b, size: 2 * MiB)  // the export grew
         for offset in [15 * B, 15 * B + 1500] {
             let data = r.data(512)
             try r.e.writeBytes(data, at: offset, older)
@@ -515,15 +549,17 @@ final class FaultInjectionTests: EngineTestCase {
         let held = r.e.held(15)
         for errno in [Errno.ioError, .noSpace] {
             r.arm([.read], .always, errno, torn: true)
-            XCTAssertFalse(r.attempt("flush through the older connection", file: #filePath, line: #line) {
-                try r.e.flush(backend: older)
-            })
+            XCTAssertFalse(
+                r.attempt("flush through the older connection", file: #filePath, line: #line) {
+                    try r.e.flush(backend: older)
+                })
             XCTAssertEqual(r.e.held(15), held)
         }
         r.disarm()
-        XCTAssertTrue(r.attempt("flush through the older connection", file: #filePath, line: #line) {
-            try r.e.flush(backend: older)
-        })
+        XCTAssertTrue(
+            r.attempt("flush through the older connection", file: #filePath, line: #line) {
+                try r.e.flush(backend: older)
+            })
         XCTAssertEqual(r.e.state(ofBlock: 15), .partial, "kept for a connection that sees all of it")
         if let problem = r.model.mismatch(r.b.bytes(0, oldSize), at: 0) {
             XCTFail("the plugin up to the older connection's end: \(problem)")
@@ -546,7 +582,7 @@ final class FaultInjectionTests: EngineTestCase {
             r.fs.fail(.resize, .always, with: errno)
             r.b.setSize(2 * MiB)
             assertCacheError(errno) { try r.e.setExportSize(2 * MiB) }
-            r.b.setSize(MiB - 30_000)           // that connection never opened
+            r.b.setSize(MiB - 30_000)  // that connection never opened
             XCTAssertEqual(r.e.exportSize, MiB - 30_000)
             XCTAssertEqual(r.e.states(0..<16), states)
         }
@@ -564,14 +600,18 @@ final class FaultInjectionTests: EngineTestCase {
         r.write(4 * B, at: 20 * B)
         r.cache(2 * B, at: 26 * B)
         r.write(1000, at: 29 * B + 10)
-        XCTAssertEqual(r.e.states(19..<30), [.notCached, .dirty, .dirty, .dirty, .dirty, .notCached, .notCached,
-                                             .clean, .clean, .notCached, .partial])
+        XCTAssertEqual(
+            r.e.states(19..<30),
+            [
+                .notCached, .dirty, .dirty, .dirty, .dirty, .notCached, .notCached,
+                .clean, .clean, .notCached, .partial,
+            ])
         r.fs.fail(.discard, .always, with: .ioError, torn: true)
         try r.e.reopen(r.b, size: MiB)
         XCTAssertGreaterThan(r.fs.failures(.discard), 0)
         XCTAssertEqual(r.e.states(16..<32), Array(repeating: .notCached, count: 16))
         let fresh = r.data(MiB)
-        r.b.poke(fresh, at: MiB)                // the plugin's file grows again, with new bytes
+        r.b.poke(fresh, at: MiB)  // the plugin's file grows again, with new bytes
         r.model.wrote(fresh, at: MiB)
         try r.e.reopen(r.b, size: 2 * MiB)
         XCTAssertTrue(r.read(MiB, at: MiB), "the plugin's new bytes")
@@ -595,15 +635,18 @@ final class FaultInjectionTests: EngineTestCase {
             var rng = SplitMix64(seed: config.seed)
             func random(_ bound: UInt64) -> UInt64 { rng.next() % bound }
             let size = config.size
-            let unit = config.minimumRequest     // client requests keep to the plugin's minimum
+            let unit = config.minimumRequest  // client requests keep to the plugin's minimum
             for _ in 0..<300 {
                 if random(3) == 0 {
                     let kinds = [StorageCall.read, .write, .zero, .discard].filter { _ in random(2) == 0 }
                     let start = random(size)
-                    let triggers: [FaultTrigger] = [.next(1), .next(2, after: 1), .always, .every(2),
-                                                    .overlapping(start..<start + random(4 * B) + 1)]
-                    r.arm(kinds.isEmpty ? [.write] : kinds, triggers[Int(random(5))], errnos[Int(random(3))],
-                          torn: random(2) == 0)
+                    let triggers: [FaultTrigger] = [
+                        .next(1), .next(2, after: 1), .always, .every(2),
+                        .overlapping(start..<start + random(4 * B) + 1),
+                    ]
+                    r.arm(
+                        kinds.isEmpty ? [.write] : kinds, triggers[Int(random(5))], errnos[Int(random(3))],
+                        torn: random(2) == 0)
                 }
                 let aligned = random(2) == 0
                 var offset = aligned ? random(size / B) * B : random(size)
@@ -628,8 +671,9 @@ final class FaultInjectionTests: EngineTestCase {
     /// export while cache writes, reads and discards keep failing: every
     /// failure carries the injected errno, and the model holds afterwards.
     func testConcurrentRequestsUnderFaultsKeepTheModel() throws {
-        let r = try makeRig(RigConfig(size: 4 * MiB, maxSize: 2 * MiB, writeBackThreads: 4, seed: 21),
-                            "concurrent requests under faults")
+        let r = try makeRig(
+            RigConfig(size: 4 * MiB, maxSize: 2 * MiB, writeBackThreads: 4, seed: 21),
+            "concurrent requests under faults")
         r.fs.fail(.write, .every(3), with: .ioError, torn: true)
         r.fs.fail(.zero, .every(2), with: .ioError, torn: true)
         r.fs.fail(.read, .every(7), with: .ioError, torn: true)
@@ -670,7 +714,8 @@ final class FaultInjectionTests: EngineTestCase {
                 case 4:
                     var bytes: [UInt8] = []
                     if outcome("read", { bytes = try e.readBytes(offset, count, b) }),
-                       let problem = model.withLock({ $0.mismatch(bytes, at: offset) }) {
+                        let problem = model.withLock({ $0.mismatch(bytes, at: offset) })
+                    {
                         note("read of \(count) at \(offset): \(problem)")
                     }
                 default:
@@ -708,11 +753,15 @@ final class FaultInjectionTests: EngineTestCase {
     /// builds one, and a MemoryBackend whose violations tearDown checks.
     func makeRig(_ c: RigConfig, _ label: String, file: StaticString = #filePath, line: UInt = #line) throws -> Rig {
         let key = "\(c.size) \(c.seed) \(c.zeroes)"
-        var disk = disks[key] ?? (c.seed == 0 ? [UInt8](repeating: 0x5A, count: Int(c.size))
-                                                : randomBytes(Int(c.size), seed: c.seed))
+        var disk =
+            disks[key]
+            ?? (c.seed == 0
+                ? [UInt8](repeating: 0x5A, count: Int(c.size))
+                : randomBytes(Int(c.size), seed: c.seed))
         for zeroes in c.zeroes {
-            disk.replaceSubrange(Int(zeroes.lowerBound)..<Int(zeroes.upperBound),
-                                 with: repeatElement(0, count: zeroes.count))
+            disk.replaceSubrange(
+                Int(zeroes.lowerBound)..<Int(zeroes.upperBound),
+                with: repeatElement(0, count: zeroes.count))
         }
         disks[key] = disk
         let b = MemoryBackend(bytes: disk, fuaMode: c.fuaMode, minimumRequest: c.minimumRequest)
@@ -740,8 +789,10 @@ final class FaultInjectionTests: EngineTestCase {
         let setup: (Rig) -> Void
         let requests: (Rig) -> Void
 
-        init(_ name: String, _ config: RigConfig, _ faultSets: [[StorageCall]], setup: @escaping (Rig) -> Void,
-             _ requests: @escaping (Rig) -> Void) {
+        init(
+            _ name: String, _ config: RigConfig, _ faultSets: [[StorageCall]], setup: @escaping (Rig) -> Void,
+            _ requests: @escaping (Rig) -> Void
+        ) {
             self.name = name
             self.config = config
             self.faultSets = faultSets
@@ -771,8 +822,9 @@ final class FaultInjectionTests: EngineTestCase {
                     r.arm(kinds, variant.trigger, variant.errno, torn: variant.torn)
                     scenario.requests(r)
                     if variant.trigger != .next(1, after: 1) {
-                        XCTAssertGreaterThan(r.fs.failures(kinds[0]), 0, "\(label): the fault never fired",
-                                             file: file, line: line)
+                        XCTAssertGreaterThan(
+                            r.fs.failures(kinds[0]), 0, "\(label): the fault never fired",
+                            file: file, line: line)
                     }
                     try verify(r, flushFirst: n % 2 == 1, file: file, line: line)
                 }
@@ -791,8 +843,9 @@ final class FaultInjectionTests: EngineTestCase {
         if flushFirst {
             XCTAssertTrue(r.flush(file: file, line: line), flushed, file: file, line: line)
             r.model.settle(r.b.allBytes)
-            assertExact(try r.e.readBytes(0, size, r.b), r.model.bytes, "\(r.label): read after the flush",
-                        file: file, line: line)
+            assertExact(
+                try r.e.readBytes(0, size, r.b), r.model.bytes, "\(r.label): read after the flush",
+                file: file, line: line)
         } else {
             let whole = try r.e.readBytes(0, size, r.b)
             if let problem = r.model.mismatch(whole, at: 0) {
@@ -804,8 +857,9 @@ final class FaultInjectionTests: EngineTestCase {
         XCTAssertEqual(r.e.dirtyBlockCount, 0, "\(r.label): dirty blocks after the flush", file: file, line: line)
         let plugin = r.b.allBytes
         assertExact(plugin, r.model.bytes, "\(r.label): the plugin after the flush", file: file, line: line)
-        assertExact(try r.e.readBytes(0, size, r.b), plugin, "\(r.label): the cache against the plugin",
-                    file: file, line: line)
+        assertExact(
+            try r.e.readBytes(0, size, r.b), plugin, "\(r.label): the cache against the plugin",
+            file: file, line: line)
         for zero in zeroExtents
         where r.model.bytes[Int(zero.lowerBound)..<Int(zero.upperBound)].contains(where: { $0 != 0 }) {
             XCTFail("\(r.label): block status called \(zero) zero, it holds data", file: file, line: line)
@@ -814,8 +868,10 @@ final class FaultInjectionTests: EngineTestCase {
 
     /// Asserts that `actual` is exactly `expected` from its start on
     /// (memcmp: megabytes compare in no time even in debug builds).
-    func assertExact(_ actual: [UInt8], _ expected: [UInt8], _ what: String,
-                     file: StaticString = #filePath, line: UInt = #line) {
+    func assertExact(
+        _ actual: [UInt8], _ expected: [UInt8], _ what: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         guard actual.count <= expected.count else {
             return XCTFail("\(what): \(actual.count) bytes, expected at most \(expected.count)", file: file, line: line)
         }
@@ -828,8 +884,10 @@ final class FaultInjectionTests: EngineTestCase {
     /// or zero over a dirty or partial block, zero only where the model
     /// allows zeroes. Returns the ranges it called zero.
     @discardableResult
-    func assertExtentsTruthful(_ r: Rig, after step: String = "", file: StaticString = #filePath,
-                               line: UInt = #line) throws -> [Range<UInt64>] {
+    func assertExtentsTruthful(
+        _ r: Rig, after step: String = "", file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws -> [Range<UInt64>] {
         let label = step.isEmpty ? r.label : "\(r.label), after \(step)"
         let size = r.b.size, shift = UInt64(r.e.blockSize.trailingZeroBitCount)
         let states = r.e.states(0..<(size + r.e.blockSize - 1) >> shift)
@@ -841,14 +899,16 @@ final class FaultInjectionTests: EngineTestCase {
             guard extent.type != 0, extent.length > 0 else { continue }
             for block in extent.offset >> shift...(cursor - 1) >> shift
             where [.dirty, .partial].contains(states[Int(block)]) {
-                XCTFail("\(label): block status \(extent) calls \(states[Int(block)]) block \(block) "
+                XCTFail(
+                    "\(label): block status \(extent) calls \(states[Int(block)]) block \(block) "
                         + "a hole or zero", file: file, line: line)
             }
             if extent.type & Extent.zero != 0 {
                 zeroes.append(extent.offset..<cursor)
                 if let at = (extent.offset..<cursor).first(where: { !r.model.allows(0, at: Int($0)) }) {
-                    XCTFail("\(label): block status \(extent) calls byte \(at) zero, it holds data",
-                            file: file, line: line)
+                    XCTFail(
+                        "\(label): block status \(extent) calls byte \(at) zero, it holds data",
+                        file: file, line: line)
                 }
             }
         }
@@ -870,9 +930,10 @@ private func prepareBlocks(_ r: Rig, at base: UInt64) {
     for i in UInt64(0)..<3 { r.write(500, at: base + 4 * B + 100 + i * 8192) }
     for i in UInt64(0)..<UInt64(HeldRanges.limit) { r.write(100, at: base + 5 * B + 7 + i * 4096) }
     r.write(2 * B, at: base + 8 * B)
-    XCTAssertEqual(r.e.states(first..<first + 10),
-                   [.notCached, .dirty, .clean, .partial, .partial, .partial, .notCached, .notCached, .dirty, .dirty],
-                   "\(r.label): prepared states")
+    XCTAssertEqual(
+        r.e.states(first..<first + 10),
+        [.notCached, .dirty, .clean, .partial, .partial, .partial, .notCached, .notCached, .dirty, .dirty],
+        "\(r.label): prepared states")
 }
 
 private func prepare(_ r: Rig) { prepareBlocks(r, at: 0) }
@@ -881,9 +942,10 @@ private func prepare(_ r: Rig) { prepareBlocks(r, at: 0) }
 private func prepareThrough(_ r: Rig) {
     r.cache(2 * B, at: 2 * B)
     r.write(1000, at: 6 * B + 50)
-    XCTAssertEqual(r.e.states(0..<8),
-                   [.notCached, .notCached, .clean, .clean, .notCached, .notCached, .clean, .notCached],
-                   "\(r.label): prepared states")
+    XCTAssertEqual(
+        r.e.states(0..<8),
+        [.notCached, .notCached, .clean, .clean, .notCached, .notCached, .clean, .notCached],
+        "\(r.label): prepared states")
 }
 
 /// cache-max-size=1M over 4 MiB (reclaim above 15 blocks, down to 12):
@@ -916,8 +978,9 @@ struct Model {
         for i in maybe.indices {
             let lower = max(offset, maybe[i].offset), upper = min(end, maybe[i].offset + maybe[i].bytes.count)
             guard lower < upper else { continue }
-            maybe[i].bytes.replaceSubrange(lower - maybe[i].offset..<upper - maybe[i].offset,
-                                           with: data[lower - offset..<upper - offset])
+            maybe[i].bytes.replaceSubrange(
+                lower - maybe[i].offset..<upper - maybe[i].offset,
+                with: data[lower - offset..<upper - offset])
         }
     }
 
@@ -929,8 +992,11 @@ struct Model {
 
     /// Whether byte `i` may read as `value`.
     func allows(_ value: UInt8, at i: Int) -> Bool {
-        bytes[i] == value || maybe.contains { i >= $0.offset && i < $0.offset + $0.bytes.count
-            && $0.bytes[i - $0.offset] == value }
+        bytes[i] == value
+            || maybe.contains {
+                i >= $0.offset && i < $0.offset + $0.bytes.count
+                    && $0.bytes[i - $0.offset] == value
+            }
     }
 
     /// Where bytes read at `offset` break the model, if they do.
@@ -949,8 +1015,10 @@ struct Model {
                         let excuses = maybe.filter { piece.overlaps($0.offset..<$0.offset + $0.bytes.count) }
                         for j in i..<i + n where a[j] != m[offset + j] {
                             let at = offset + j
-                            if !excuses.contains(where: { at >= $0.offset && at < $0.offset + $0.bytes.count
-                                && $0.bytes[at - $0.offset] == a[j] }) {
+                            if !excuses.contains(where: {
+                                at >= $0.offset && at < $0.offset + $0.bytes.count
+                                    && $0.bytes[at - $0.offset] == a[j]
+                            }) {
                                 differing += 1
                                 if first == nil { first = j }
                             }
@@ -1018,14 +1086,14 @@ final class Rig {
 
     /// Runs a request: whether it succeeded. A failure must be a CacheError
     /// carrying an armed errno.
-    func attempt(_ what: @autoclosure () -> String, file: StaticString, line: UInt,
-                 _ body: () throws -> Void) -> Bool {
+    func attempt(_ what: @autoclosure () -> String, file: StaticString, line: UInt, _ body: () throws -> Void) -> Bool {
         do {
             try body()
             return true
         } catch let error as CacheError {
-            XCTAssertTrue(allowed.contains(error.errno), "\(label): \(what()) failed: \(error), armed: \(allowed)",
-                          file: file, line: line)
+            XCTAssertTrue(
+                allowed.contains(error.errno), "\(label): \(what()) failed: \(error), armed: \(allowed)",
+                file: file, line: line)
             return false
         } catch {
             XCTFail("\(label): \(what()) threw \(error), not a CacheError", file: file, line: line)
@@ -1034,8 +1102,10 @@ final class Rig {
     }
 
     @discardableResult
-    func write(_ data: [UInt8], at offset: UInt64, fua: Bool = false,
-               file: StaticString = #filePath, line: UInt = #line) -> Bool {
+    func write(
+        _ data: [UInt8], at offset: UInt64, fua: Bool = false,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> Bool {
         let done = attempt("write of \(data.count) at \(offset)", file: file, line: line) {
             try e.writeBytes(data, at: offset, fua: fua, b)
         }
@@ -1044,14 +1114,18 @@ final class Rig {
     }
 
     @discardableResult
-    func write(_ count: UInt64, at offset: UInt64, fua: Bool = false,
-               file: StaticString = #filePath, line: UInt = #line) -> Bool {
+    func write(
+        _ count: UInt64, at offset: UInt64, fua: Bool = false,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> Bool {
         write(data(count), at: offset, fua: fua, file: file, line: line)
     }
 
     @discardableResult
-    func zero(_ count: UInt64, at offset: UInt64, fua: Bool = false, mayTrim: Bool = true,
-              file: StaticString = #filePath, line: UInt = #line) -> Bool {
+    func zero(
+        _ count: UInt64, at offset: UInt64, fua: Bool = false, mayTrim: Bool = true,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> Bool {
         let done = attempt("zero of \(count) at \(offset)", file: file, line: line) {
             try e.zero(count: count, at: offset, fua: fua, mayTrim: mayTrim, fastZero: false, backend: b)
         }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class FlushTests: EngineTestCase {
@@ -199,7 +200,7 @@ final class ConnectionClosingTests: EngineTestCase {
         e.connectionWrote(first)
         e.connectionFlushing(first)
         try e.flush(backend: b)
-        try e.writeBytes(randomBytes(Int(B), seed: 7), at: 9 * B, b)       // by a connection still open
+        try e.writeBytes(randomBytes(Int(B), seed: 7), at: 9 * B, b)  // by a connection still open
         let writes = b.stats.writes
         try e.connectionClosing(first, backend: b)
         XCTAssertEqual(b.stats.writes, writes, "a flush covered this connection's writes")

@@ -1,23 +1,28 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// Random single-threaded request sequences in every configuration, checked
 /// against a byte-array model after every request. Trimmed bytes are
 /// unspecified until written again: the model marks them unknown.
 final class ModelTests: EngineTestCase {
-    private func run(mode: CacheMode, maxSize: UInt64?, cacheOnRead: CacheOnRead, minBlockSize: UInt64,
-                     fuaMode: FUAMode, canZero: Bool, seed: UInt64, ops: Int, writeBackThreads: Int = 1) throws {
-        let size: UInt64 = 2 * MiB - 12_345          // not a multiple of any block size
+    private func run(
+        mode: CacheMode, maxSize: UInt64?, cacheOnRead: CacheOnRead, minBlockSize: UInt64,
+        fuaMode: FUAMode, canZero: Bool, seed: UInt64, ops: Int, writeBackThreads: Int = 1
+    ) throws {
+        let size: UInt64 = 2 * MiB - 12_345  // not a multiple of any block size
         let maxText = maxSize.map(String.init) ?? "none"
-        let what = "\(mode) max=\(maxText) \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero) "
+        let what =
+            "\(mode) max=\(maxText) \(cacheOnRead) bs=\(minBlockSize) \(fuaMode) zero=\(canZero) "
             + "threads=\(writeBackThreads)"
         let b = MemoryBackend(size: size, seed: seed, canZero: canZero, fuaMode: fuaMode)
-        let e = try makeEngine(b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
-                               writeBackThreads: writeBackThreads)
+        let e = try makeEngine(
+            b, mode: mode, cacheOnRead: cacheOnRead, maxSize: maxSize, minBlockSize: minBlockSize,
+            writeBackThreads: writeBackThreads)
         var model = b.allBytes
-        var unknown: [Range<Int>] = []          // trimmed, not written since
+        var unknown: [Range<Int>] = []  // trimmed, not written since
         var rng = SplitMix64(seed: seed)
         func written(_ r: Range<Int>) {
             unknown = unknown.flatMap { u -> [Range<Int>] in
@@ -56,7 +61,8 @@ final class ModelTests: EngineTestCase {
                     assertBytes(b.bytes(UInt64(offset), count), data, "\(at): write through / FUA reached the plugin")
                 }
             case 35..<45:
-                try e.zero(count: UInt64(count), at: UInt64(offset), fua: false, mayTrim: true, fastZero: false,
+                try e.zero(
+                    count: UInt64(count), at: UInt64(offset), fua: false, mayTrim: true, fastZero: false,
                     backend: b)
                 model.replaceSubrange(offset..<offset + count, with: repeatElement(0, count: count))
                 written(offset..<offset + count)
@@ -73,7 +79,8 @@ final class ModelTests: EngineTestCase {
                 }
             case 56..<66:
                 // Block status never calls bytes that read as non-zero a hole or zero.
-                let list = try e.extents(count: UInt64(count), at: UInt64(offset), onlyOne: rng.next() % 2 == 0,
+                let list = try e.extents(
+                    count: UInt64(count), at: UInt64(offset), onlyOne: rng.next() % 2 == 0,
                     backend: b)
                 XCTAssertEqual(list.first?.offset, UInt64(offset), at)
                 for extent in list where extent.type & Extent.zero != 0 {
@@ -83,9 +90,10 @@ final class ModelTests: EngineTestCase {
                     }
                 }
             default:
-                assertBytes(masked(try e.readBytes(UInt64(offset), count, b), offset),
+                assertBytes(
+                    masked(try e.readBytes(UInt64(offset), count, b), offset),
                     Array(model[offset..<offset + count]),
-                            "\(at): read \(offset)+\(count)")
+                    "\(at): read \(offset)+\(count)")
             }
             if let maxSize, e.cachedBytes > maxSize {
                 XCTFail("\(at): cachedBytes \(e.cachedBytes) over \(maxSize)")
@@ -104,9 +112,10 @@ final class ModelTests: EngineTestCase {
             for cacheOnRead in [CacheOnRead.always, .never] {
                 for minBlockSize in [B, 4096] {
                     n += 1
-                    try run(mode: mode, maxSize: maxSize, cacheOnRead: cacheOnRead, minBlockSize: minBlockSize,
-                            fuaMode: n % 2 == 0 ? .native : .emulate, canZero: n % 3 != 0,
-                            seed: seed + n, ops: 150, writeBackThreads: writeBackThreads)
+                    try run(
+                        mode: mode, maxSize: maxSize, cacheOnRead: cacheOnRead, minBlockSize: minBlockSize,
+                        fuaMode: n % 2 == 0 ? .native : .emulate, canZero: n % 3 != 0,
+                        seed: seed + n, ops: 150, writeBackThreads: writeBackThreads)
                 }
             }
         }

@@ -1,37 +1,39 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SystemPackage
+import XCTest
+
+@testable import SwiftCacheCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import XCTest
-import SystemPackage
-@testable import SwiftCacheCore
 
 final class HeldRangesTests: XCTestCase {
     func testInsertKeepsRangesSortedDisjointAndMerged() {
         var held = HeldRanges(500..<600)
         XCTAssertEqual(held.ranges, [500..<600])
-        held.insert(100..<200)                    // before
-        held.insert(900..<1000)                   // after
+        held.insert(100..<200)  // before
+        held.insert(900..<1000)  // after
         XCTAssertEqual(held.ranges, [100..<200, 500..<600, 900..<1000])
-        held.insert(550..<700)                    // overlaps one: merged
+        held.insert(550..<700)  // overlaps one: merged
         XCTAssertEqual(held.ranges, [100..<200, 500..<700, 900..<1000])
-        held.insert(700..<710)                    // touches the end of one: merged
+        held.insert(700..<710)  // touches the end of one: merged
         XCTAssertEqual(held.ranges, [100..<200, 500..<710, 900..<1000])
-        held.insert(90..<100)                     // touches the start of one: merged
+        held.insert(90..<100)  // touches the start of one: merged
         XCTAssertEqual(held.ranges, [90..<200, 500..<710, 900..<1000])
-        held.insert(520..<530)                    // inside one: nothing changes
+        held.insert(520..<530)  // inside one: nothing changes
         XCTAssertEqual(held.ranges, [90..<200, 500..<710, 900..<1000])
-        held.insert(201..<499)                    // between two, touching neither
+        held.insert(201..<499)  // between two, touching neither
         XCTAssertEqual(held.ranges, [90..<200, 201..<499, 500..<710, 900..<1000])
-        held.insert(150..<950)                    // bridges all
+        held.insert(150..<950)  // bridges all
         XCTAssertEqual(held.ranges, [90..<1000])
         held.insert(0..<10)
         held.insert(20..<30)
-        held.insert(10..<20)                      // fills the gap exactly: three merge
+        held.insert(10..<20)  // fills the gap exactly: three merge
         XCTAssertEqual(held.ranges, [0..<30, 90..<1000])
-        held.insert(0..<2000)                     // covers everything
+        held.insert(0..<2000)  // covers everything
         XCTAssertEqual(held.ranges, [0..<2000])
     }
 
@@ -186,7 +188,7 @@ final class PartialBlockTests: EngineTestCase {
         // The same as the tail edge of a longer write: block 3 completed, block 2 whole.
         for i in 0..<16 { try write(51_000 + i * 900..<51_000 + i * 900 + 10, in: 3) }
         XCTAssertEqual(e.held(3)?.count, 16)
-        try write(Int(B) - 5000..<Int(B), in: 2)   // block 2 partial (one range)
+        try write(Int(B) - 5000..<Int(B), in: 2)  // block 2 partial (one range)
         let long = randomBytes(Int(B) + 50_000, seed: 403)
         try e.writeBytes(long, at: 2 * B, b)
         model.replaceSubrange(Int(2 * B)..<Int(3 * B) + 50_000, with: long)
@@ -204,13 +206,13 @@ final class PartialBlockTests: EngineTestCase {
     func testReadingAPartialBlockIsOneReadAndMergesTheBytes() throws {
         // Each way of touching the partial block 2: (cache-on-read, read offset, read count; nil = CACHE).
         let cases: [(CacheOnRead, UInt64, UInt64?)] = [
-            (.never, 2 * B + 1500, 100),            // held bytes only
-            (.never, 2 * B + 5000, 100),            // a gap only
-            (.never, 2 * B, B),                     // the whole block
+            (.never, 2 * B + 1500, 100),  // held bytes only
+            (.never, 2 * B + 5000, 100),  // a gap only
+            (.never, 2 * B, B),  // the whole block
             (.always, 2 * B + 5000, 100),
-            (.always, B + 100, 2 * B),              // uncached neighbours too
+            (.always, B + 100, 2 * B),  // uncached neighbours too
             (.never, B + 100, 2 * B),
-            (.never, 2 * B + 10, nil),              // NBD_CMD_CACHE
+            (.never, 2 * B + 10, nil),  // NBD_CMD_CACHE
         ]
         for (n, (cacheOnRead, offset, count)) in cases.enumerated() {
             let what = "case \(n)"
@@ -233,11 +235,11 @@ final class PartialBlockTests: EngineTestCase {
                 try e.cache(count: 10, at: offset, backend: b)
             }
             let completion = Req(2 * B, B)
-            XCTAssertEqual(b.stats.readLog.filter { $0 == completion }, [completion],
+            XCTAssertEqual(
+                b.stats.readLog.filter { $0 == completion }, [completion],
                 "\(what): one read completes the block")
             let touching2 = b.stats.readLog.filter { $0.offset <= 2 * B && $0.offset + $0.length > 2 * B }
-            XCTAssertEqual(touching2,
-                           [completion], "\(what): no other read of block 2")
+            XCTAssertEqual(touching2, [completion], "\(what): no other read of block 2")
             XCTAssertEqual(e.state(ofBlock: 2), .dirty, what)
             XCTAssertNil(e.held(2), what)
             if cacheOnRead == .always && count == 2 * B {
@@ -293,18 +295,22 @@ final class PartialBlockTests: EngineTestCase {
             try e.writeBytes(data, at: offset, b)
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
-        try write(1000, at: 3 * B + 100)            // middle of block 3
-        try write(10, at: 5 * B)                    // start of block 5
-        try write(10, at: 7 * B - 10)               // end of block 6
-        try write(Int(B), at: 7 * B)                // block 7 whole, between
-        try write(20, at: 8 * B + 3)                // block 8, after dirty block 7
+        try write(1000, at: 3 * B + 100)  // middle of block 3
+        try write(10, at: 5 * B)  // start of block 5
+        try write(10, at: 7 * B - 10)  // end of block 6
+        try write(Int(B), at: 7 * B)  // block 7 whole, between
+        try write(20, at: 8 * B + 3)  // block 8, after dirty block 7
         XCTAssertEqual(e.states(3..<9), [.partial, .notCached, .partial, .partial, .dirty, .partial])
         XCTAssertEqual(e.cachedBytes, 5 * B)
 
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.reads, 0)
-        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(3 * B + 100, 1000), Req(5 * B, 10), Req(7 * B - 10, 10),
-                                                   Req(7 * B, B), Req(8 * B + 3, 20)])
+        XCTAssertEqual(
+            b.stats.writeLog.sorted(),
+            [
+                Req(3 * B + 100, 1000), Req(5 * B, 10), Req(7 * B - 10, 10),
+                Req(7 * B, B), Req(8 * B + 3, 20),
+            ])
         XCTAssertEqual(b.stats.flushes, 1)
         XCTAssertEqual(e.states(3..<9), [.notCached, .notCached, .notCached, .notCached, .clean, .notCached])
         XCTAssertEqual(e.cachedBytes, B)
@@ -329,11 +335,11 @@ final class PartialBlockTests: EngineTestCase {
             try e.writeBytes(data, at: offset, b)
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
-        try write(Int(B), at: 2 * B)                // 2 dirty
-        try write(100, at: 3 * B + 100)             // 3: two ranges
+        try write(Int(B), at: 2 * B)  // 2 dirty
+        try write(100, at: 3 * B + 100)  // 3: two ranges
         try write(100, at: 3 * B + 5000)
-        try write(Int(B), at: 4 * B)                // 4 dirty
-        try write(1, at: 10 * B + 7)                // 10: two ranges, alone
+        try write(Int(B), at: 4 * B)  // 4 dirty
+        try write(1, at: 10 * B + 7)  // 10: two ranges, alone
         try write(1, at: 10 * B + 9)
         XCTAssertEqual(e.held(3), [100..<200, 5000..<5100])
         XCTAssertEqual(e.held(10), [7..<8, 9..<10])
@@ -350,7 +356,7 @@ final class PartialBlockTests: EngineTestCase {
     }
 
     func testPartialBlockAtTheEndOfAnExportNotAMultipleOfTheBlockSize() throws {
-        let size: UInt64 = 1_000_000                // block 15: 983040..<1000000 (16960 bytes)
+        let size: UInt64 = 1_000_000  // block 15: 983040..<1000000 (16960 bytes)
         let last: UInt64 = 983_040
         let b = MemoryBackend(size: size, seed: 432)
         let e = try makeEngine(b, mode: .writeback)
@@ -382,7 +388,7 @@ final class PartialBlockTests: EngineTestCase {
         assertBytes(b.allBytes, model, "backend")
 
         // Covering the short block in two writes makes it dirty with no read.
-        try e.trim(count: size - last, at: last, fua: false, backend: b)      // forget it
+        try e.trim(count: size - last, at: last, fua: false, backend: b)  // forget it
         model.replaceSubrange(Int(last)..., with: repeatElement(0, count: Int(size - last)))
         XCTAssertEqual(e.state(ofBlock: 15), .notCached)
         b.resetStats()
@@ -396,7 +402,7 @@ final class PartialBlockTests: EngineTestCase {
 
         // Reading a partial short block completes it with one read of 16960 bytes.
         XCTAssertEqual(e.state(ofBlock: 15), .clean)
-        try e.trim(count: size - last, at: last, fua: false, backend: b)      // forget it again
+        try e.trim(count: size - last, at: last, fua: false, backend: b)  // forget it again
         model.replaceSubrange(Int(last)..., with: repeatElement(0, count: Int(size - last)))
         try write(5, at: size - 5)
         try write(5, at: last + 100)
@@ -418,9 +424,9 @@ final class PartialBlockTests: EngineTestCase {
             try e.writeBytes(data, at: offset, b)
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
-        try write(500, at: 2 * B + 1000)            // 2: one range; its write-back fails
-        try write(500, at: 4 * B + 1000)            // 4: one range
-        try write(10, at: 6 * B + 10)               // 6: two ranges
+        try write(500, at: 2 * B + 1000)  // 2: one range; its write-back fails
+        try write(500, at: 4 * B + 1000)  // 4: one range
+        try write(10, at: 6 * B + 10)  // 6: two ranges
         try write(10, at: 6 * B + 30)
         b.failWrites(in: 2 * B + 1200..<2 * B + 1201, .ioError)
         assertCacheError(.ioError) { try e.flush(backend: b) }
@@ -472,9 +478,12 @@ final class PartialBlockTests: EngineTestCase {
         b.setOnWrite { _ in
             let me = UInt(pthread_self())
             threads.withLock { _ = $0.insert(me) }
-            let now = inFlight.withLock { $0 += 1; return $0 }
+            let now = inFlight.withLock {
+                $0 += 1
+                return $0
+            }
             maxInFlight.withLock { $0 = max($0, now) }
-            usleep(20_000)         // long enough for the other threads to start, even on a busy machine
+            usleep(20_000)  // long enough for the other threads to start, even on a busy machine
             inFlight.withLock { $0 -= 1 }
         }
         return (maxInFlight, threads)
@@ -519,26 +528,28 @@ final class PartialBlockTests: EngineTestCase {
             try e.writeBytes(data, at: offset, b)
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
-        try write(Int(40 * MiB), at: 0)                       // 0..<640: longer than one request
+        try write(Int(40 * MiB), at: 0)  // 0..<640: longer than one request
         var order = Array(UInt64(650)..<666) + Array(UInt64(670)..<674) + [680]
         var rng = SplitMix64(seed: 442)
         order.shuffle(using: &rng)
         for block in order { try write(Int(B), at: block * B) }
-        try write(10, at: 690 * B + 10)                       // 690: two ranges, then 691...693 dirty
+        try write(10, at: 690 * B + 10)  // 690: two ranges, then 691...693 dirty
         try write(10, at: 690 * B + 100)
         try write(Int(3 * B), at: 691 * B)
-        try write(10, at: 700 * B + 50)                       // 700: one range, then 701 dirty
+        try write(10, at: 700 * B + 50)  // 700: one range, then 701 dirty
         try write(Int(B), at: 701 * B)
         let (maxInFlight, _) = trackParallelWrites(b)
         try e.flush(backend: b)
         b.setOnWrite(nil)
         XCTAssertEqual(b.stats.readLog, [Req(690 * B, B)])
-        XCTAssertEqual(b.stats.writeLog.sorted(), [
-            Req(0, 32 * MiB), Req(32 * MiB, 8 * MiB),         // cut at 32 MiB
-            Req(650 * B, 16 * B), Req(670 * B, 4 * B), Req(680 * B, B),
-            Req(690 * B, 4 * B),                              // the completed block joins its run
-            Req(700 * B + 50, 10), Req(701 * B, B),           // a one-range block does not
-        ])
+        XCTAssertEqual(
+            b.stats.writeLog.sorted(),
+            [
+                Req(0, 32 * MiB), Req(32 * MiB, 8 * MiB),  // cut at 32 MiB
+                Req(650 * B, 16 * B), Req(670 * B, 4 * B), Req(680 * B, B),
+                Req(690 * B, 4 * B),  // the completed block joins its run
+                Req(700 * B + 50, 10), Req(701 * B, B),  // a one-range block does not
+            ])
         XCTAssertGreaterThan(maxInFlight.withLock { $0 }, 1, "write-back requests overlapped")
         XCTAssertEqual(e.dirtyBlockCount, 0)
         assertBytes(b.allBytes, model, "backend after flush")
@@ -671,10 +682,12 @@ final class PartialBlockTests: EngineTestCase {
             Extent(offset: 8 * B, length: 8 * B, type: 0),
         ]
         XCTAssertEqual(try e.extents(count: MiB, at: 0, onlyOne: false, backend: b), all)
-        XCTAssertEqual(try e.extents(count: MiB - 3 * B - 5, at: 3 * B + 5, onlyOne: true, backend: b).first,
-                       Extent(offset: 3 * B + 5, length: B - 5, type: 0))
-        XCTAssertEqual(try e.extents(count: 10, at: 3 * B + 50_000, onlyOne: false, backend: b),
-                       [Extent(offset: 3 * B + 50_000, length: 10, type: 0)], "a gap of a partial block too")
+        XCTAssertEqual(
+            try e.extents(count: MiB - 3 * B - 5, at: 3 * B + 5, onlyOne: true, backend: b).first,
+            Extent(offset: 3 * B + 5, length: B - 5, type: 0))
+        XCTAssertEqual(
+            try e.extents(count: 10, at: 3 * B + 50_000, onlyOne: false, backend: b),
+            [Extent(offset: 3 * B + 50_000, length: 10, type: 0)], "a gap of a partial block too")
         XCTAssertEqual(b.stats.reads, 0)
         XCTAssertEqual(e.states(3..<4), [.partial])
 
@@ -710,38 +723,40 @@ final class PartialBlockTests: EngineTestCase {
             try e.writeBytes(data, at: offset, fua: fua, b)
             model.replaceSubrange(Int(offset)..<Int(offset) + count, with: data)
         }
-        try write(100, at: 2 * B + 100)                        // block 2 partial
-        try write(100, at: 2 * B + 300, fua: true)             // through; the block holds it too
+        try write(100, at: 2 * B + 100)  // block 2 partial
+        try write(100, at: 2 * B + 300, fua: true)  // through; the block holds it too
         XCTAssertEqual(b.stats.writeLog, [Req(2 * B + 300, 100, fua: true)])
         XCTAssertEqual(e.state(ofBlock: 2), .partial)
         XCTAssertEqual(e.held(2), [100..<200, 300..<400])
-        try write(100, at: 2 * B + 150, fua: true)             // over a held range
+        try write(100, at: 2 * B + 150, fua: true)  // over a held range
         XCTAssertEqual(e.held(2), [100..<250, 300..<400])
         XCTAssertEqual(b.stats.reads, 0)
-        assertBytes(b.bytes(2 * B + 150, 100), Array(model[Int(2 * B) + 150..<Int(2 * B) + 250]),
+        assertBytes(
+            b.bytes(2 * B + 150, 100), Array(model[Int(2 * B) + 150..<Int(2 * B) + 250]),
             "through to the plugin")
         assertBytes(try e.readBytes(2 * B, B, b), Array(model[Int(2 * B)..<Int(3 * B)]), "cache after FUA writes")
         XCTAssertEqual(b.stats.readLog, [Req(2 * B, B)])
 
-        try write(100, at: 5 * B)                              // block 5 partial
-        try write(Int(3 * B), at: 4 * B, fua: true)            // 4...6 whole: block 5 becomes clean
+        try write(100, at: 5 * B)  // block 5 partial
+        try write(Int(3 * B), at: 4 * B, fua: true)  // 4...6 whole: block 5 becomes clean
         XCTAssertEqual(b.stats.writeLog.last, Req(4 * B, 3 * B, fua: true))
         XCTAssertEqual(e.states(4..<7), [.clean, .clean, .clean])
         XCTAssertNil(e.held(5))
 
-        try write(100, at: 7 * B)                              // block 7 partial
-        try write(Int(B) - 100, at: 7 * B + 100, fua: true)    // the rest of it: now whole
+        try write(100, at: 7 * B)  // block 7 partial
+        try write(Int(B) - 100, at: 7 * B + 100, fua: true)  // the rest of it: now whole
         XCTAssertEqual(e.state(ofBlock: 7), .dirty, "its first 100 bytes are still only in the cache")
         XCTAssertEqual(b.stats.reads, 1)
 
-        try write(10, at: 9 * B + 50)                          // block 9 partial
-        try write(20, at: 9 * B + 55, fua: true)               // the FUA write overlaps it
+        try write(10, at: 9 * B + 50)  // block 9 partial
+        try write(20, at: 9 * B + 55, fua: true)  // the FUA write overlaps it
         XCTAssertEqual(e.held(9), [50..<75])
 
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.reads, 1, "no block needed completing")
-        XCTAssertEqual(Array(b.stats.writeLog.filter { !$0.fua }).sorted(),
-                       [Req(2 * B, B), Req(7 * B, B), Req(9 * B + 50, 25)])
+        XCTAssertEqual(
+            Array(b.stats.writeLog.filter { !$0.fua }).sorted(),
+            [Req(2 * B, B), Req(7 * B, B), Req(9 * B + 50, 25)])
         XCTAssertEqual(e.dirtyBlockCount, 0)
         assertBytes(b.allBytes, model, "backend after flush")
         assertBytes(try e.readBytes(0, MiB, b), model, "read back")
@@ -771,8 +786,9 @@ final class PartialBlockTests: EngineTestCase {
         XCTAssertEqual(e.held(1)?.count, 16)
         try e.writeBytes([99], at: B + 30_000, fua: true, b)
         model[Int(B) + 30_000] = 99
-        XCTAssertLessThanOrEqual(e.held(1)?.count ?? 0, HeldRanges.limit,
-                                 "a FUA write gave block 1 more than \(HeldRanges.limit) ranges")
+        XCTAssertLessThanOrEqual(
+            e.held(1)?.count ?? 0, HeldRanges.limit,
+            "a FUA write gave block 1 more than \(HeldRanges.limit) ranges")
         try e.flush(backend: b)
         assertBytes(b.allBytes, model, "backend after flush")
     }
@@ -796,8 +812,7 @@ final class PartialBlockTests: EngineTestCase {
         // One write whose head and tail are both new partial blocks: one of
         // them fits, the other must be completed.
         try e.writeBytes([2, 2], at: (limit + 1) * 4096 - 1, b)
-        XCTAssertLessThanOrEqual(e.partialBlockCount, BlockMap.partialLimit,
-                                 "more partial blocks than the limit")
+        XCTAssertLessThanOrEqual(e.partialBlockCount, BlockMap.partialLimit, "more partial blocks than the limit")
         // Past the limit a partial write reads its block first.
         let partials = e.partialBlockCount
         try e.writeBytes([3], at: (limit + 4) * 4096 + 9, b)

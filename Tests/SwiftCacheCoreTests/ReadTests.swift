@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class ReadTests: EngineTestCase {
@@ -61,7 +62,8 @@ final class ReadTests: EngineTestCase {
         for _ in 0..<200 {
             let offset = Int(rng.next() % MiB)
             let count = 1 + Int(rng.next() % (MiB - UInt64(offset)))
-            assertBytes(try e.readBytes(UInt64(offset), count, b), Array(disk[offset..<offset + count]),
+            assertBytes(
+                try e.readBytes(UInt64(offset), count, b), Array(disk[offset..<offset + count]),
                 "window \(offset)+\(count)")
         }
         XCTAssertEqual(b.stats.reads, 2)
@@ -81,7 +83,7 @@ final class ReadTests: EngineTestCase {
     }
 
     func testExportSizeNotAMultipleOfTheBlockSize() throws {
-        let size: UInt64 = 1_000_000 // 15 whole blocks and 16960 bytes
+        let size: UInt64 = 1_000_000  // 15 whole blocks and 16960 bytes
         let b = MemoryBackend(size: size, seed: 5)
         let e = try makeEngine(b, cacheOnRead: .always)
         // A read that ends exactly at the end of the export.
@@ -238,7 +240,7 @@ final class ReadTests: EngineTestCase {
     /// block cached whole (clean or dirty) must not serve them, nor write them
     /// back over the plugin's bytes.
     func testExportGrowthPastAShortLastBlockKeepsThePluginBytesPastTheOldEnd() throws {
-        let oldSize = MiB - 1000                    // block 15 is 64536 bytes long
+        let oldSize = MiB - 1000  // block 15 is 64536 bytes long
         for (n, mode) in ["clean", "dirty", "partial"].enumerated() {
             let b = MemoryBackend(size: 2 * MiB, seed: 12 + UInt64(n))
             let e = try makeEngine(b, size: oldSize, cacheOnRead: .always)
@@ -256,8 +258,9 @@ final class ReadTests: EngineTestCase {
             }
             XCTAssertEqual(e.state(ofBlock: 15), mode == "clean" ? .clean : mode == "dirty" ? .dirty : .partial, mode)
             try e.reopen(b, size: 2 * MiB)
-            assertBytes(try e.readBytes(15 * B, B, b), Array(model[Int(15 * B)..<Int(16 * B)]),
-                        "\(mode): old short block read after the growth")
+            assertBytes(
+                try e.readBytes(15 * B, B, b), Array(model[Int(15 * B)..<Int(16 * B)]),
+                "\(mode): old short block read after the growth")
             try e.flush(backend: b)
             assertBytes(b.allBytes, model, "\(mode): backend after flush")
         }
@@ -267,7 +270,7 @@ final class ReadTests: EngineTestCase {
     func testZeroPluginDataIsCachedAsAHole() throws {
         var disk = [UInt8](repeating: 0, count: Int(MiB))
         disk.replaceSubrange(Int(4 * B)..<Int(5 * B), with: randomBytes(Int(B), seed: 40))
-        disk[Int(6 * B) - 1] = 7                     // block 5: one byte of data, at its very end
+        disk[Int(6 * B) - 1] = 7  // block 5: one byte of data, at its very end
         let b = MemoryBackend(bytes: disk)
         let e = try makeEngine(b, cacheOnRead: .always)
         assertBytes(try e.readBytes(0, 4 * B, b), Array(disk[..<Int(4 * B)]))

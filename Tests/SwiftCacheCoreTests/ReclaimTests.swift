@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// cache-max-size = 1 MiB with 64K blocks: 16 blocks; reclaim starts above
@@ -91,8 +92,10 @@ final class ReclaimTests: EngineTestCase {
         // 16 blocks would pass 95%: the 4 oldest are written back and dropped,
         // down to 80% with the new block, as one run (as a flush would send them).
         XCTAssertEqual(b.stats.writeLog, [Req(0, 4 * B)])
-        XCTAssertEqual(e.states(0..<17), Array(repeating: .notCached, count: 4) + Array(repeating: .dirty,
-            count: 12) + [.notCached])
+        XCTAssertEqual(
+            e.states(0..<17),
+            Array(repeating: .notCached, count: 4)
+                + Array(repeating: .dirty, count: 12) + [.notCached])
         XCTAssertEqual(e.cachedBytes, 12 * B)
         assertBytes(b.bytes(0, 4 * B), Array(model[..<Int(4 * B)]))
         assertBytes(try e.readBytes(0, 16 * B, b), Array(model[..<Int(16 * B)]))
@@ -103,9 +106,9 @@ final class ReclaimTests: EngineTestCase {
         let e = try makeEngine(b, mode: .writeback, cacheOnRead: .always, maxSize: MiB)
         for block in UInt64(0)..<15 { _ = try e.readBytes(block * B, 10, b) }
         XCTAssertEqual(e.cachedBytes, 15 * B)
-        _ = try e.readBytes(0, 10, b)           // block 0 is now the most recently used
+        _ = try e.readBytes(0, 10, b)  // block 0 is now the most recently used
         XCTAssertEqual(b.stats.reads, 15)
-        _ = try e.readBytes(15 * B, 10, b)      // the 16th block: reclaim down to 12
+        _ = try e.readBytes(15 * B, 10, b)  // the 16th block: reclaim down to 12
         XCTAssertEqual(e.cachedBytes, 12 * B)
         XCTAssertEqual(e.state(ofBlock: 0), .clean, "the recently read block survives")
         XCTAssertEqual(e.states(1..<5), Array(repeating: .notCached, count: 4), "the oldest go")
@@ -133,13 +136,14 @@ final class ReclaimTests: EngineTestCase {
         let b = MemoryBackend(size: 4 * MiB, seed: 147)
         let e = try makeEngine(b, mode: .writeback, cacheOnRead: .never, maxSize: MiB)
         for block in UInt64(0)..<15 { try e.writeBytes(randomBytes(Int(B), seed: 148 + block), at: block * B, b) }
-        try e.writeBytes(randomBytes(Int(B), seed: 170), at: 0, b)         // block 0: the most recently written
-        for block in UInt64(30)..<38 { _ = try e.readBytes(block * B, 10, b) } // cache nothing
+        try e.writeBytes(randomBytes(Int(B), seed: 170), at: 0, b)  // block 0: the most recently written
+        for block in UInt64(30)..<38 { _ = try e.readBytes(block * B, 10, b) }  // cache nothing
         XCTAssertEqual(e.cachedBytes, 15 * B)
-        try e.writeBytes(randomBytes(Int(B), seed: 171), at: 15 * B, b)    // 16 blocks: reclaim 4
+        try e.writeBytes(randomBytes(Int(B), seed: 171), at: 15 * B, b)  // 16 blocks: reclaim 4
         XCTAssertEqual(e.cachedBytes, 12 * B)
-        XCTAssertEqual(e.states(0..<5), [.dirty] + Array(repeating: .notCached, count: 4),
-                       "block 0, written last but one, survives; the oldest (1...4) go")
+        XCTAssertEqual(
+            e.states(0..<5), [.dirty] + Array(repeating: .notCached, count: 4),
+            "block 0, written last but one, survives; the oldest (1...4) go")
     }
 
     func testCacheOnReadOfTheWholeExportStaysUnderTheLimit() throws {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 /// `Statistics`: exact counts for known request sequences, gauges that
@@ -110,7 +111,8 @@ final class StatisticsTests: EngineTestCase {
         // 100 bytes of block 5: a partial block, dirty, counted whole.
         try e.writeBytes(randomBytes(100, seed: 508), at: 5 * B + 10, b)
         var s = e.statistics.snapshot()
-        XCTAssertEqual([s.dirtyBytes, s.peakDirtyBytes, s.cachedBytes, s.peakCachedBytes], [3 * B, 3 * B, 3 * B, 3 * B])
+        XCTAssertEqual(
+            [s.dirtyBytes, s.peakDirtyBytes, s.cachedBytes, s.peakCachedBytes], [3 * B, 3 * B, 3 * B, 3 * B])
         XCTAssertEqual([s.pluginReadBytes, s.pluginWrittenBytes], [0, 0])
 
         // One request for blocks 0-1, one for the partial block's 100 bytes
@@ -170,7 +172,8 @@ final class StatisticsTests: EngineTestCase {
         // An engine that goes takes its blocks out of the gauges; its counts stay.
         e2 = nil
         s = statistics.snapshot()
-        XCTAssertEqual([s.dirtyBytes, s.cachedBytes, s.peakDirtyBytes, s.peakCachedBytes], [2 * B, 2 * B, 5 * B, 5 * B])
+        XCTAssertEqual(
+            [s.dirtyBytes, s.cachedBytes, s.peakDirtyBytes, s.peakCachedBytes], [2 * B, 2 * B, 5 * B, 5 * B])
         XCTAssertEqual(requests(s), [1, 2, 0, 0, 0, 0, 0])
         XCTAssertEqual(s.missBlocks, 1)
     }
@@ -215,7 +218,9 @@ final class StatisticsTests: EngineTestCase {
 
     func testReport() {
         var s = Statistics.Snapshot()
-        XCTAssertEqual(s.report, """
+        XCTAssertEqual(
+            s.report,
+            """
             swiftcache statistics
             requests: read 0, write 0, zero 0, trim 0, flush 0, extents 0, cache 0
             read hits: 0 blocks, 0 bytes
@@ -246,7 +251,9 @@ final class StatisticsTests: EngineTestCase {
         s.cachedBytes = 5 * (MiB << 10)
         s.peakCachedBytes = 5 * (MiB << 10) + 1
         s.peakDirtyBytes = 1023
-        XCTAssertEqual(s.report, """
+        XCTAssertEqual(
+            s.report,
+            """
             swiftcache statistics
             requests: read 12, write 3, zero 0, trim 0, flush 1, extents 2, cache 0
             read hits: 3 blocks, 196607 bytes (192.0 KiB)

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 import XCTest
+
 @testable import SwiftCacheCore
 
 final class BitPlaneTests: XCTestCase {
@@ -102,9 +103,10 @@ final class BlockMapTests: XCTestCase {
         map.set(15..<25, to: .dirty)
         XCTAssertEqual(map.cachedCount, 15)
         XCTAssertEqual(map.dirtyCount, 10)
-        XCTAssertEqual((9..<26).map { map[$0] },
-                       [.notCached] + Array(repeating: .clean, count: 5) + Array(repeating: .dirty,
-                           count: 10) + [.notCached])
+        XCTAssertEqual(
+            (9..<26).map { map[$0] },
+            [.notCached] + Array(repeating: .clean, count: 5)
+                + Array(repeating: .dirty, count: 10) + [.notCached])
     }
 
     func testNextDirtyRun() {
@@ -246,12 +248,13 @@ final class LRUTests: XCTestCase {
     func testUntouchedBlocksGoFirstThenOlderThenRecent() {
         var lru = LRU(blocks: 128, generationSize: 4)
         let cached = map(128, Array(0..<6))
-        lru.touch(0..<4)    // a full generation: 0...3 become "older"
-        lru.touch(4..<5)    // 4 is recent
+        lru.touch(0..<4)  // a full generation: 0...3 become "older"
+        lru.touch(4..<5)  // 4 is recent
         XCTAssertEqual(lru.victim(cached, isEvictable: { _ in true }), 5, "never touched")
         let without5 = map(128, Array(0..<5))
-        XCTAssertEqual(lru.victim(without5, isEvictable: { _ in true }).map { $0 < 4 }, true,
-                       "then the older generation")
+        XCTAssertEqual(
+            lru.victim(without5, isEvictable: { _ in true }).map { $0 < 4 }, true,
+            "then the older generation")
         XCTAssertEqual(lru.victim(without5, isEvictable: { $0 >= 4 }), 4, "then any block")
         XCTAssertNil(lru.victim(without5, isEvictable: { _ in false }))
         XCTAssertNil(lru.victim(map(128, []), isEvictable: { _ in true }))
@@ -270,8 +273,9 @@ final class LRUTests: XCTestCase {
         XCTAssertEqual(seen, [3, 70, 200])
         lru.touch(3..<4)
         lru.forget(3)
-        XCTAssertEqual(lru.victim(map(256, [3, 4]), isEvictable: { _ in true }), 3,
-                       "a forgotten block counts as untouched")
+        XCTAssertEqual(
+            lru.victim(map(256, [3, 4]), isEvictable: { _ in true }), 3,
+            "a forgotten block counts as untouched")
     }
 
     func testTouchingAgainDoesNotAgeOthers() {
@@ -279,7 +283,7 @@ final class LRUTests: XCTestCase {
         lru.touch(0..<1)
         lru.touch(0..<1)
         lru.touch(0..<1)
-        lru.touch(1..<2)    // 2 distinct blocks: still one generation
+        lru.touch(1..<2)  // 2 distinct blocks: still one generation
         let cached = map(64, [0, 1, 2])
         XCTAssertEqual(lru.victim(cached, isEvictable: { _ in true }), 2)
         XCTAssertEqual(lru.victim(map(64, [0, 1]), isEvictable: { $0 != 1 }), 0)
@@ -289,7 +293,7 @@ final class LRUTests: XCTestCase {
         var lru = LRU(blocks: 256, generationSize: 1000)
         var blocks = BlockMap(blocks: 256)
         XCTAssertNil(lru.victim(blocks, isEvictable: { _ in true }))
-        blocks.hold(10..<20, in: 130, length: 65536)      // partial: it occupies space too
+        blocks.hold(10..<20, in: 130, length: 65536)  // partial: it occupies space too
         XCTAssertEqual(blocks[130], .partial)
         XCTAssertEqual(lru.victim(blocks, isEvictable: { _ in true }), 130)
         blocks[7] = .dirty

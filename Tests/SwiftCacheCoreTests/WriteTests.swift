@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class WriteTests: EngineTestCase {
@@ -97,10 +98,18 @@ final class WriteTests: EngineTestCase {
         // leaves the cache; whole dirty blocks go in runs. Nothing is read.
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.readLog, [Req(B, B)], "write-back of one-range partial blocks reads nothing")
-        XCTAssertEqual(b.stats.writeLog.sorted(), [Req(B, B), Req(3 * B - 300, 300), Req(3 * B, 100),
-                                                   Req(5 * B + 123, B - 123), Req(6 * B, 2 * B), Req(8 * B, 123)])
-        XCTAssertEqual(e.states(0..<10), [.notCached, .clean, .notCached, .notCached, .notCached,
-                                          .notCached, .clean, .clean, .notCached, .notCached])
+        XCTAssertEqual(
+            b.stats.writeLog.sorted(),
+            [
+                Req(B, B), Req(3 * B - 300, 300), Req(3 * B, 100),
+                Req(5 * B + 123, B - 123), Req(6 * B, 2 * B), Req(8 * B, 123),
+            ])
+        XCTAssertEqual(
+            e.states(0..<10),
+            [
+                .notCached, .clean, .notCached, .notCached, .notCached,
+                .notCached, .clean, .clean, .notCached, .notCached,
+            ])
         XCTAssertEqual(e.dirtyBlockCount, 0)
         XCTAssertEqual(e.cachedBytes, 3 * B)
         assertBytes(b.allBytes, model, "backend after flush")
@@ -292,7 +301,11 @@ final class WriteTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 38)
         let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always)
         _ = try e.readBytes(0, 4 * B, b)
-        b.setFaults { $0.failWrites = 1; $0.writeError = .ioError; $0.tornWrites = true }
+        b.setFaults {
+            $0.failWrites = 1
+            $0.writeError = .ioError
+            $0.tornWrites = true
+        }
         let data = randomBytes(Int(3 * B), seed: 39)
         assertCacheError(.ioError) { try e.writeBytes(data, at: 1000, b) }
         XCTAssertEqual(b.stats.failedWrites, 1)
@@ -304,7 +317,11 @@ final class WriteTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 138, fuaMode: .native)
         let e = try makeEngine(b, mode: .writeback, cacheOnRead: .always)
         _ = try e.readBytes(0, 4 * B, b)
-        b.setFaults { $0.failWrites = 1; $0.writeError = .ioError; $0.tornWrites = true }
+        b.setFaults {
+            $0.failWrites = 1
+            $0.writeError = .ioError
+            $0.tornWrites = true
+        }
         let data = randomBytes(Int(3 * B), seed: 139)
         assertCacheError(.ioError) { try e.writeBytes(data, at: 1000, fua: true, b) }
         assertBytes(b.bytes(1000, 3 * B / 2), Array(data[..<Int(3 * B / 2)]), "the plugin kept the first half")
@@ -425,8 +442,9 @@ final class WriteTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 60)
         let e = try makeEngine(b, mode: .writeback)
         assertCacheError(.invalidArgument) { try e.writeBytes([1, 2], at: MiB - 1, b) }
-        assertCacheError(.invalidArgument) { try e.zero(count: 2, at: MiB - 1, fua: false, mayTrim: true,
-            fastZero: false, backend: b) }
+        assertCacheError(.invalidArgument) {
+            try e.zero(count: 2, at: MiB - 1, fua: false, mayTrim: true, fastZero: false, backend: b)
+        }
         assertCacheError(.invalidArgument) { try e.trim(count: 2, at: MiB - 1, fua: false, backend: b) }
         XCTAssertEqual(e.dirtyBlockCount, 0)
         XCTAssertEqual(b.stats, BackendStats())
@@ -463,9 +481,9 @@ final class OverlappedWritethroughTests: EngineTestCase {
     func testLargeWritethroughWriteOnTwoThreads() throws {
         let b = MemoryBackend(size: 4 * MiB, seed: 71)
         let e = try makeEngine(b, mode: .writethrough, cacheOnRead: .always, writeBackThreads: 4)
-        _ = try e.readBytes(0, 2 * B, b)                      // blocks 0, 1 clean
+        _ = try e.readBytes(0, 2 * B, b)  // blocks 0, 1 clean
         var model = b.allBytes
-        let data = randomBytes(Int(MiB), seed: 72)            // blocks 0...16, partial at both ends
+        let data = randomBytes(Int(MiB), seed: 72)  // blocks 0...16, partial at both ends
         try e.writeBytes(data, at: 1000, b)
         model.replaceSubrange(1000..<1000 + Int(MiB), with: data)
         XCTAssertEqual(b.stats.writes, 1, "one plugin write per client write")

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
 final class ZeroTests: EngineTestCase {
@@ -8,8 +9,8 @@ final class ZeroTests: EngineTestCase {
         for mode in CacheMode.allCases {
             let b = MemoryBackend(size: MiB, seed: 70)
             let e = try makeEngine(b, mode: mode, cacheOnRead: .always)
-            try e.writeBytes(randomBytes(Int(B), seed: 71), at: B, b)   // dirty (clean in writethrough)
-            let before = try e.readBytes(0, 6 * B, b)                    // the rest of 0..<6 clean
+            try e.writeBytes(randomBytes(Int(B), seed: 71), at: B, b)  // dirty (clean in writethrough)
+            let before = try e.readBytes(0, 6 * B, b)  // the rest of 0..<6 clean
             let states = e.states(0..<8)
             let stats = b.stats
             let disk = b.allBytes
@@ -42,8 +43,11 @@ final class ZeroTests: EngineTestCase {
         // stored), blocks 0 and 3 in part (partial: nothing is read). Nothing
         // reaches the plugin.
         XCTAssertEqual(b.stats, BackendStats())
-        XCTAssertEqual(e.states(0..<5), [.partial, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .partial,
-                                         .notCached])
+        XCTAssertEqual(
+            e.states(0..<5),
+            [
+                .partial, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .partial, .notCached,
+            ])
         XCTAssertEqual(e.cachedBytes, 2 * B, "known zeroes take no room")
         XCTAssertEqual(e.held(0), [10_000..<UInt32(B)])
         XCTAssertEqual(e.held(3), [0..<UInt32(210_000 - 3 * B)])
@@ -75,8 +79,11 @@ final class ZeroTests: EngineTestCase {
         // the uncached rest; the zeroes come from the cache.
         assertBytes(try e.readBytes(0, MiB, b), model, "read back")
         XCTAssertEqual(b.stats.readLog.sorted(), [Req(0, B), Req(3 * B, B), Req(4 * B, 12 * B)])
-        XCTAssertEqual(e.states(0..<5), [.dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
-                                         .notCached])
+        XCTAssertEqual(
+            e.states(0..<5),
+            [
+                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty, .notCached,
+            ])
         try e.flush(backend: b)
         XCTAssertEqual(b.stats.writeLog.sorted(), [Req(0, B), Req(3 * B, B)], "the edges are whole")
         XCTAssertEqual(b.stats.zeroLog, [Req(B, 2 * B)], "the zeroes between them one zero request")
@@ -92,8 +99,11 @@ final class ZeroTests: EngineTestCase {
         try e.zero(count: 2 * B + 10, at: B - 5, fua: false, mayTrim: true, fastZero: false, backend: b)
         model.replaceSubrange(Int(B) - 5..<Int(3 * B) + 5, with: repeatElement(0, count: Int(2 * B) + 10))
         XCTAssertEqual(b.stats.reads, reads, "cached blocks need no read-modify-write")
-        XCTAssertEqual(e.states(0..<5), [.dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty,
-                                         .notCached])
+        XCTAssertEqual(
+            e.states(0..<5),
+            [
+                .dirty, .dirtyZero(mayTrim: true), .dirtyZero(mayTrim: true), .dirty, .notCached,
+            ])
         XCTAssertEqual(e.cachedBytes, 2 * B, "the zeroed blocks gave their room back")
         assertBytes(try e.readBytes(0, 4 * B, b), Array(model[..<Int(4 * B)]))
         try e.flush(backend: b)
@@ -144,11 +154,11 @@ final class TrimTests: EngineTestCase {
         let b = MemoryBackend(size: MiB, seed: 80)
         let e = try makeEngine(b, mode: .writeback)
         var model = b.allBytes
-        try e.cache(count: 4 * B, at: 0, backend: b)                       // 0...3 clean
-        try e.writeBytes([9, 9], at: 4 * B + 5, b)                          // 4 partial
+        try e.cache(count: 4 * B, at: 0, backend: b)  // 0...3 clean
+        try e.writeBytes([9, 9], at: 4 * B + 5, b)  // 4 partial
         let dirty = randomBytes(Int(2 * B), seed: 81)
-        try e.writeBytes(dirty, at: 5 * B, b)                               // 5, 6 dirty
-        try e.writeBytes([1, 2, 3], at: 7 * B + 1000, b)                    // 7 partial
+        try e.writeBytes(dirty, at: 5 * B, b)  // 5, 6 dirty
+        try e.writeBytes([1, 2, 3], at: 7 * B + 1000, b)  // 7 partial
         model.replaceSubrange(Int(5 * B)..<Int(7 * B), with: dirty)
         model.replaceSubrange(Int(7 * B) + 1000..<Int(7 * B) + 1003, with: [1, 2, 3])
         XCTAssertEqual(e.states(0..<8), [.clean, .clean, .clean, .clean, .partial, .dirty, .dirty, .partial])
@@ -162,8 +172,11 @@ final class TrimTests: EngineTestCase {
         model.replaceSubrange(Int(4 * B)..<Int(7 * B) + 50, with: repeatElement(0, count: Int(3 * B) + 50))
 
         XCTAssertEqual(b.stats.trimLog, [Req(B, 2 * B), Req(4 * B, 3 * B + 50)])
-        XCTAssertEqual(e.states(0..<8), [.clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached,
-            .partial])
+        XCTAssertEqual(
+            e.states(0..<8),
+            [
+                .clean, .notCached, .notCached, .clean, .notCached, .notCached, .notCached, .partial,
+            ])
         XCTAssertEqual(e.held(7), [1000..<1003], "a partly trimmed partial block keeps what it holds")
         XCTAssertEqual(e.dirtyBlockCount, 1)
         XCTAssertEqual(e.cachedBytes, 3 * B)

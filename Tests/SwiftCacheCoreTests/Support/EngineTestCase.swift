@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: BSD-3-Clause
-import XCTest
 import SystemPackage
+import XCTest
+
 @testable import SwiftCacheCore
 
+// B and MiB are units, named as such in the tests' arithmetic (4 * B, 10 * MiB).
+// swift-format-ignore: AlwaysUseLowerCamelCase
 /// 64 KiB, the default cache block size.
 let B: UInt64 = 65536
+// swift-format-ignore: AlwaysUseLowerCamelCase
 let MiB: UInt64 = 1 << 20
 
 /// Gives each test a fresh temporary directory for its cache file, builds
@@ -30,12 +34,14 @@ class EngineTestCase: XCTestCase {
 
     /// An engine over `backend` for an export of `size` (default: the backend's
     /// size), writing back on up to `writeBackThreads` threads at once.
-    func makeEngine(_ backend: MemoryBackend, size: UInt64? = nil, mode: CacheMode = .writeback,
-                    cacheOnRead: CacheOnRead = .never, maxSize: UInt64? = nil,
-                    minBlockSize: UInt64 = B, writeBackThreads: Int = 1, budget: CacheBudget = CacheBudget(),
-                    statistics: Statistics = Statistics(),
-                    configure: (inout CacheConfig) -> Void = { _ in },
-                    file: StaticString = #filePath, line: UInt = #line) throws -> Engine {
+    func makeEngine(
+        _ backend: MemoryBackend, size: UInt64? = nil, mode: CacheMode = .writeback,
+        cacheOnRead: CacheOnRead = .never, maxSize: UInt64? = nil,
+        minBlockSize: UInt64 = B, writeBackThreads: Int = 1, budget: CacheBudget = CacheBudget(),
+        statistics: Statistics = Statistics(),
+        configure: (inout CacheConfig) -> Void = { _ in },
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws -> Engine {
         backends.append(backend)
         var config = CacheConfig()
         config.mode = mode
@@ -44,12 +50,14 @@ class EngineTestCase: XCTestCase {
         config.minBlockSize = minBlockSize
         configure(&config)
         let cacheFile = try CacheFile(directory: directory)
-        let engine = try Engine(config: config, file: cacheFile, writeBackThreads: writeBackThreads, budget: budget,
-                                statistics: statistics)
+        let engine = try Engine(
+            config: config, file: cacheFile, writeBackThreads: writeBackThreads, budget: budget,
+            statistics: statistics)
         if let size { backend.setSize(size) }
         try engine.setExportSize(backend.size)
         // SPEC §4: block size = max(cache-min-block-size, the file system's block size).
-        XCTAssertEqual(engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file,
+        XCTAssertEqual(
+            engine.blockSize, max(minBlockSize, cacheFile.fileSystemBlockSize), "block size", file: file,
             line: line)
         return engine
     }
@@ -68,8 +76,10 @@ class EngineTestCase: XCTestCase {
         return peak
     }
 
-    func assertCacheError(_ expected: Errno, file: StaticString = #filePath, line: UInt = #line,
-                          _ body: () throws -> Void) {
+    func assertCacheError(
+        _ expected: Errno, file: StaticString = #filePath, line: UInt = #line,
+        _ body: () throws -> Void
+    ) {
         do {
             try body()
             XCTFail("expected \(expected), nothing was thrown", file: file, line: line)
@@ -82,8 +92,10 @@ class EngineTestCase: XCTestCase {
 
     /// Asserts that two byte arrays are equal, reporting the first difference
     /// rather than dumping megabytes.
-    func assertBytes(_ actual: [UInt8], _ expected: [UInt8], _ what: String = "",
-                     file: StaticString = #filePath, line: UInt = #line) {
+    func assertBytes(
+        _ actual: [UInt8], _ expected: [UInt8], _ what: String = "",
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         guard actual != expected else { return }
         if actual.count != expected.count {
             XCTFail("\(what): \(actual.count) bytes, expected \(expected.count)", file: file, line: line)
@@ -91,8 +103,9 @@ class EngineTestCase: XCTestCase {
         }
         let first = actual.indices.first { actual[$0] != expected[$0] }!
         let differing = actual.indices.reduce(0) { $0 + (actual[$1] != expected[$1] ? 1 : 0) }
-        XCTFail("\(what): \(differing) bytes differ, first at \(first): \(actual[first]) != \(expected[first])",
-                file: file, line: line)
+        XCTFail(
+            "\(what): \(differing) bytes differ, first at \(first): \(actual[first]) != \(expected[first])",
+            file: file, line: line)
     }
 }
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 import SystemPackage
+
 @testable import SwiftCacheCore
 
 /// The kinds of call the block layer makes to its cache file (`CacheStorage`).
@@ -74,8 +75,10 @@ final class FaultyStorage: CacheStorage {
     // MARK: Control and counts
 
     /// Arms a fault for each of `kinds`, replacing what was armed for them.
-    func fail(_ kinds: [StorageCall], _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
-              torn: Bool = false) {
+    func fail(
+        _ kinds: [StorageCall], _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
+        torn: Bool = false
+    ) {
         state.withLock { s in
             for kind in kinds {
                 s.faults[kind] = StorageFault(trigger: trigger, errno: errno, torn: torn)
@@ -84,8 +87,10 @@ final class FaultyStorage: CacheStorage {
         }
     }
 
-    func fail(_ kind: StorageCall, _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
-              torn: Bool = false) {
+    func fail(
+        _ kind: StorageCall, _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
+        torn: Bool = false
+    ) {
         fail([kind], trigger, with: errno, torn: torn)
     }
 

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SystemPackage
+
+@testable import SwiftCacheCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import SystemPackage
-@testable import SwiftCacheCore
 
 /// One request as the backend received it.
 struct Req: Hashable, Comparable, CustomStringConvertible {
@@ -92,8 +94,10 @@ final class MemoryBackend: Backend, Sendable {
     // futex the thread sanitizer cannot see.
     private let state: Lock<State>
 
-    init(bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
-         fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1) {
+    init(
+        bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
+        fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1
+    ) {
         self.minimumRequest = minimumRequest
         self.canWrite = canWrite
         self.canFlush = canFlush
@@ -103,10 +107,13 @@ final class MemoryBackend: Backend, Sendable {
     }
 
     /// A disk of `size` pseudo-random bytes.
-    convenience init(size: UInt64, seed: UInt64, canWrite: Bool = true, canFlush: Bool = true,
-                     canZero: Bool = true, fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1) {
-        self.init(bytes: randomBytes(Int(size), seed: seed), canWrite: canWrite, canFlush: canFlush,
-                  canZero: canZero, fuaMode: fuaMode, minimumRequest: minimumRequest)
+    convenience init(
+        size: UInt64, seed: UInt64, canWrite: Bool = true, canFlush: Bool = true,
+        canZero: Bool = true, fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1
+    ) {
+        self.init(
+            bytes: randomBytes(Int(size), seed: seed), canWrite: canWrite, canFlush: canFlush,
+            canZero: canZero, fuaMode: fuaMode, minimumRequest: minimumRequest)
     }
 
     // MARK: Inspection and control
@@ -129,12 +136,29 @@ final class MemoryBackend: Backend, Sendable {
 
     func setFaults(_ change: (inout Faults) -> Void) { state.withLock { change(&$0.faults) } }
     func clearFaults() { state.withLock { $0.faults = Faults() } }
-    func failNextReads(_ n: Int, _ error: Errno = .ioError) { setFaults { $0.failReads = n; $0.readError = error } }
-    func failNextWrites(_ n: Int, _ error: Errno = .ioError) { setFaults { $0.failWrites = n; $0.writeError = error } }
-    func failNextFlushes(_ n: Int,
-        _ error: Errno = .ioError) { setFaults { $0.failFlushes = n; $0.flushError = error } }
+    func failNextReads(_ n: Int, _ error: Errno = .ioError) {
+        setFaults {
+            $0.failReads = n
+            $0.readError = error
+        }
+    }
+    func failNextWrites(_ n: Int, _ error: Errno = .ioError) {
+        setFaults {
+            $0.failWrites = n
+            $0.writeError = error
+        }
+    }
+    func failNextFlushes(_ n: Int, _ error: Errno = .ioError) {
+        setFaults {
+            $0.failFlushes = n
+            $0.flushError = error
+        }
+    }
     func failWrites(in range: Range<UInt64>, _ error: Errno = .ioError) {
-        setFaults { $0.failWriteRange = range; $0.writeRangeError = error }
+        setFaults {
+            $0.failWriteRange = range
+            $0.writeRangeError = error
+        }
     }
 
     /// Each successful read sleeps this long (outside the lock) before returning.
@@ -203,8 +227,10 @@ final class MemoryBackend: Backend, Sendable {
 
     /// Checks write faults; throws the injected error if this write must fail,
     /// after calling `tear` with the half to store first if writes tear.
-    private func writeFault(_ s: inout State, _ offset: UInt64, _ count: UInt64,
-                            tear: (inout State, Int) -> Void = { _, _ in }) throws(Errno) {
+    private func writeFault(
+        _ s: inout State, _ offset: UInt64, _ count: UInt64,
+        tear: (inout State, Int) -> Void = { _, _ in }
+    ) throws(Errno) {
         var error: Errno?
         if s.faults.failWrites > 0 {
             s.faults.failWrites -= 1
@@ -229,8 +255,9 @@ final class MemoryBackend: Backend, Sendable {
             guard check(&s, "write", offset, UInt64(buffer.count)) else { throw Errno.invalidArgument }
             let end = offset + UInt64(buffer.count)
             if offset % minimumRequest != 0 || (end % minimumRequest != 0 && end != s.size) {
-                s.violations.append("write of \(buffer.count) bytes at \(offset) not aligned to the minimum "
-                                     + "\(minimumRequest)")
+                s.violations.append(
+                    "write of \(buffer.count) bytes at \(offset) not aligned to the minimum "
+                        + "\(minimumRequest)")
             }
             if !canWrite { s.violations.append("write at \(offset) but the plugin cannot write") }
             checkFUA(&s, "write", fua)
@@ -298,13 +325,15 @@ final class MemoryBackend: Backend, Sendable {
     /// hole|zero, any other is data; runs of one type are merged. The answer
     /// starts at `offset` (as nbdkit clips it for a filter).
     func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
-        let (result, hook) = try state.withLock { (s: inout State) throws(Errno) -> ([Extent],
-            (@Sendable () -> Void)?) in
+        let (result, hook) = try state.withLock {
+            (s: inout State) throws(Errno) -> ([Extent], (@Sendable () -> Void)?) in
             guard check(&s, "extents", offset, count) else { throw Errno.invalidArgument }
             s.stats.extentsCalls += 1
             if let answer = s.extentsAnswer { return (answer(count, offset, onlyOne), s.afterExtentsComputed) }
-            return (MemoryBackend.extents(of: s.disk, count: count, at: offset, onlyOne: onlyOne),
-                s.afterExtentsComputed)
+            return (
+                MemoryBackend.extents(of: s.disk, count: count, at: offset, onlyOne: onlyOne),
+                s.afterExtentsComputed
+            )
         }
         hook?()
         return result
