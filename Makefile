@@ -5,6 +5,7 @@
 #                 (ARGS='cache=unsafe ...' passes parameters to the filter)
 #   make check    unit tests + nbdkit tests, one closing "N passed, M failed" line
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
+#   make deb      Debian package ./swiftcache_VERSION_ARCH.deb (dpkg-buildpackage), checked by lintian
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib
 SO          = libswiftcache.so
@@ -50,6 +51,16 @@ uninstall:
 
 version:
 	@echo $(VERSION)
+
+# dpkg-buildpackage writes to ..: the .deb, .buildinfo and .changes move here.
+# lintian fails on any error or warning (debian/README.source).
+DEB_ARCH = $(shell dpkg --print-architecture 2>/dev/null)
+DEB_BASE = swiftcache_$(VERSION)_$(DEB_ARCH)
+.PHONY: deb
+deb: deps
+	dpkg-buildpackage -b -us -uc
+	mv ../$(DEB_BASE).deb ../$(DEB_BASE).buildinfo ../$(DEB_BASE).changes .
+	lintian --fail-on error,warning $(DEB_BASE).changes
 
 clean:
 	rm -rf .build $(SO)
