@@ -8,6 +8,7 @@
 #   make lint     swift-format (the toolchain's) with .swift-format, strict; no output when clean
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
 #   make install  the filter into nbdkit's filterdir, the man page into $(MANDIR)/man1 (DESTDIR honoured)
+#   make deb      Debian package ./swiftcache_VERSION_ARCH.deb (dpkg-buildpackage), checked by lintian
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib --disable-local-rpath
 SO          = libswiftcache.so
@@ -89,6 +90,16 @@ uninstall:
 
 version:
 	@echo $(VERSION)
+
+# dpkg-buildpackage writes to ..: the .deb, .buildinfo and .changes move here.
+# lintian fails on any error or warning (debian/README.source).
+DEB_ARCH = $(shell dpkg --print-architecture 2>/dev/null)
+DEB_BASE = swiftcache_$(VERSION)_$(DEB_ARCH)
+.PHONY: deb
+deb: deps
+	dpkg-buildpackage -b -us -uc
+	mv ../$(DEB_BASE).deb ../$(DEB_BASE).buildinfo ../$(DEB_BASE).changes .
+	lintian --fail-on error,warning $(DEB_BASE).changes
 
 clean:
 	rm -rf .build $(SO) $(MAN) $(MAN).tmp
