@@ -121,11 +121,23 @@ enum Parameters {
             if !said.isEmpty { _ = write(STDERR_FILENO, said, said.utf8.count) }  // not an error: as it was
             return result
         }
-        // "nbdkit: error: could not parse size string (abc)": "could not parse size string (abc)"
-        let line = said.split(separator: "\n").first ?? ""
-        var why = line.split(separator: "error: ", maxSplits: 1).last ?? line
-        if why.hasPrefix("\(key): ") { why = why.dropFirst(key.count + 2) }  // nbdkit_parse_unsigned names it
+        // "nbdkit: error: could not parse size string (abc)": "could not parse size string (abc)". By hand:
+        // the standard library's split on a string separator links in _StringProcessing (1.4 MB).
+        let line = said.prefix { $0 != "\n" }
+        var why = after("error: ", in: line) ?? line
+        why = after("\(key): ", in: why, atStart: true) ?? why  // nbdkit_parse_unsigned names it
         Log.error("swiftcache: \(key)=\(value): \(why.isEmpty ? "not a valid value" : why)")
+        return nil
+    }
+
+    /// What follows the first `marker` in `text` (only at its start if `atStart`), or nil.
+    private static func after(_ marker: String, in text: Substring, atStart: Bool = false) -> Substring? {
+        var start = text.startIndex
+        while start < text.endIndex {
+            if text[start...].hasPrefix(marker) { return text[text.index(start, offsetBy: marker.count)...] }
+            if atStart { return nil }
+            start = text.index(after: start)
+        }
         return nil
     }
 
