@@ -56,8 +56,9 @@ enum Callbacks {
         ) -> UnsafeMutableRawPointer? = { next, context, readonly, exportName, _ in
             guard let next, next(context, readonly, exportName) != -1 else { return nil }
             do {
-                let engine = try SwiftCacheFilter.shared.cache(forExport: exportName.map { String(cString: $0) } ?? "")
-                return Unmanaged.passRetained(Connection(engine: engine)).toOpaque()
+                let export = exportName.map { String(cString: $0) } ?? ""
+                let engine = try SwiftCacheFilter.shared.openCache(forExport: export)
+                return Unmanaged.passRetained(Connection(export: export, engine: engine)).toOpaque()
             } catch {
                 Log.error("swiftcache: \(error)")
                 return nil
@@ -66,6 +67,7 @@ enum Callbacks {
 
     static let close: @convention(c) (Handle) -> Void = { handle in
         guard let handle else { return }
+        SwiftCacheFilter.shared.closeCache(forExport: Connection.from(handle).export)
         Unmanaged<Connection>.fromOpaque(handle).release()
     }
 

@@ -27,8 +27,24 @@ final class SwiftCacheFilter: Sendable {
         let directory: String
         let writeBackThreads: Int
         let budget = CacheBudget()
-        var byExport: [String: Engine] = [:]
+        var byExport: [String: ExportCache] = [:]
+        /// Counts connections opened, to tell which idle cache was used last.
+        var opened: UInt64 = 0
     }
+
+    /// An export's cache and the connections open on it.
+    private struct ExportCache {
+        let engine: Engine
+        var connections = 0
+        var lastOpened: UInt64 = 0
+    }
+
+    /// Caches at most this many exports at once. Every export name a client
+    /// asks for gets a cache (a cache file, a block map), so a client trying
+    /// names would otherwise use up the server's file descriptors and memory.
+    /// Past it, a new export takes the place of the idle one (no connection,
+    /// nothing dirty) used least recently; with none idle, its open fails.
+    static let maxExportCaches = 64
 
     func configure(key: String, value: String) -> Parameters.Outcome {
         parameters.withLock { Parameters.apply(key: key, value: value, to: &$0) }
@@ -49,9 +65,14 @@ final class SwiftCacheFilter: Sendable {
         let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
         let settings = settings
         let threads = parallel ? Self.writeBackThreads : 1
-        caches.withLock { $0 = Caches(directory: directory, writeBackThreads: threads) }
         do {
-            let defaultExport = try cache(forExport: "")
+            let defaultExport = try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
+                var ready = Caches(directory: directory, writeBackThreads: threads)
+                let cache = try newCache(forExport: "", in: &ready)
+                ready.byExport[""] = cache
+                caches = ready
+                return cache.engine
+            }
             let stats = try settings.statsPath.map { path throws(CacheError) in
                 try StatsFile(path: path, statistics: statistics)
             }
@@ -81,21 +102,50 @@ final class SwiftCacheFilter: Sendable {
         }
     }
 
-    /// The cache of export `name`, made when it is first opened.
-    func cache(forExport name: String) throws(CacheError) -> Engine {
-        let config = settings.cache
-        return try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
+    /// A connection opens on export `name`: its cache, made when first opened.
+    func openCache(forExport name: String) throws(CacheError) -> Engine {
+        try caches.withLock { (caches: inout Caches?) throws(CacheError) -> Engine in
             guard var ready = caches else { throw CacheError(.ioError, "the cache is not ready") }
-            if let engine = ready.byExport[name] { return engine }
-            let engine = try Engine(
-                config: config, file: try CacheFile(directory: ready.directory),
-                debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
-                budget: ready.budget, statistics: statistics)
-            ready.byExport[name] = engine
+            var cache: ExportCache
+            if let known = ready.byExport[name] {
+                cache = known
+            } else {
+                cache = try newCache(forExport: name, in: &ready)
+            }
+            ready.opened += 1
+            cache.connections += 1
+            cache.lastOpened = ready.opened
+            ready.byExport[name] = cache
             caches = ready
-            Log.debug("swiftcache: a cache for export \"\(name)\"")
-            return engine
+            return cache.engine
         }
+    }
+
+    /// A connection on export `name` has closed.
+    func closeCache(forExport name: String) {
+        caches.withLock { caches in caches?.byExport[name]?.connections -= 1 }
+    }
+
+    /// Makes export `name`'s cache, in place of an idle one when there are
+    /// `maxExportCaches` already. Called with `caches` locked.
+    private func newCache(forExport name: String, in ready: inout Caches) throws(CacheError) -> ExportCache {
+        if ready.byExport.count >= Self.maxExportCaches {
+            let idle = ready.byExport.filter { $0.value.connections == 0 && $0.value.engine.unwritten.blocks == 0 }
+            guard let oldest = idle.min(by: { $0.value.lastOpened < $1.value.lastOpened }) else {
+                throw CacheError(
+                    .tooManyOpenFiles,
+                    "no cache for export \"\(name)\": the caches of \(Self.maxExportCaches) exports are all in use "
+                        + "or hold dirty blocks")
+            }
+            ready.byExport[oldest.key] = nil  // its cache file closes with it
+            Log.debug("swiftcache: dropped the cache of idle export \"\(oldest.key)\" for export \"\(name)\"")
+        }
+        let engine = try Engine(
+            config: settings.cache, file: try CacheFile(directory: ready.directory),
+            debug: Log.verbose, writeBackThreads: ready.writeBackThreads,
+            budget: ready.budget, statistics: statistics)
+        Log.debug("swiftcache: a cache for export \"\(name)\"")
+        return ExportCache(engine: engine)
     }
 
     /// nbdkit is exiting: dirty blocks still in a cache are lost with it,
@@ -106,8 +156,8 @@ final class SwiftCacheFilter: Sendable {
         let file = statsFile.withLock { $0.take() }
         file?.stop()
         guard let caches = caches.withLock({ $0.take() }) else { return }
-        for (name, engine) in caches.byExport.sorted(by: { $0.key < $1.key }) {
-            let unwritten = engine.unwritten
+        for (name, cache) in caches.byExport.sorted(by: { $0.key < $1.key }) {
+            let unwritten = cache.engine.unwritten
             if unwritten.blocks > 0 {
                 Log.error(
                     "swiftcache: exiting with \(unwritten.blocks) dirty blocks (\(unwritten.bytes) bytes) of "
@@ -123,13 +173,17 @@ final class SwiftCacheFilter: Sendable {
 /// Per-connection handle: its export's cache and what this connection's
 /// plugin context can do.
 final class Connection: @unchecked Sendable {
+    let export: String
     let engine: Engine
     /// Set once in `.prepare`, before any request on the connection.
     var capabilities = PluginCapabilities()
     /// Whether it has written since its last flush (see `Engine.connectionClosing`).
     let writes = ConnectionWrites()
 
-    init(engine: Engine) { self.engine = engine }
+    init(export: String, engine: Engine) {
+        self.export = export
+        self.engine = engine
+    }
 
     static func from(_ handle: UnsafeMutableRawPointer?) -> Connection {
         Unmanaged<Connection>.fromOpaque(handle!).takeUnretainedValue()
