@@ -64,6 +64,12 @@ check: deps $(SO) $(MAN)
 unit-test:
 	swift test
 
+# The unit tests under AddressSanitizer, then ThreadSanitizer, each in a scratch
+# path of its own (.build-asan, .build-tsan); any report fails (scripts/sanitize).
+.PHONY: sanitize
+sanitize: deps
+	@./scripts/sanitize
+
 shell-test: $(SO) $(MAN)
 	./test-scripts/run.sh
 
