@@ -382,7 +382,8 @@ def fixed_cases(S, r):
     one(b"cache-stats", S + b"/stats", S + b"/file", S + b"/dir", S + b"/missing/x", S + b"/file/x",
         b"rel-stats", b"dir/rel", b"missing/rel", S + b"/dir/", S + b"/" + NONUTF8_FILE, S + b"/n" + b"n" * 246,
         S + b"/n" + b"n" * 247, S + b"/n" + b"n" * 254, S + b"/n" + b"n" * 255, S + b"/x" * 2100, b"/proc/x",
-        S + b"/" + UNICODE_DIR + b"/stats", S + b"/" + NEWLINE_DIR + b"/st", b".", b"..", *common)
+        S + b"/" + UNICODE_DIR + b"/stats", S + b"/" + NEWLINE_DIR + b"/st", b".", b"..",
+        S + b"/dir/" + "\u0301x".encode(), *common)
     for t in [UNSET, b"", S + b"/dir", S + b"/dir/", S + b"/missing", S + b"/file", b"/proc", b"/sys",
               b"dir", b"missing", S + b"/symdir", S + b"/dangling", S + b"/" + NONUTF8_DIR, S + b"/" + UNICODE_DIR,
               S + b"/" + NEWLINE_DIR, S + b"/x" * 2100, b"/" + b"a" * 100000, b"/dev/shm", S + b"/file/x"]:

@@ -10,7 +10,7 @@
 # parameter (TMPDIR: the directory); never a crash or a hang (10 s per run).
 # See fuzz_config.py for the oracle and the checks.
 #
-#   FUZZ_CONFIG_COUNT=N   cases (default 600: the 343 fixed edge cases + random ones)
+#   FUZZ_CONFIG_COUNT=N   cases (default 600: the 344 fixed edge cases + random ones)
 #   FUZZ_CONFIG_SEED=S    seed (default: random, printed); with
 #   FUZZ_CONFIG_ONLY=I,J  rerun just those cases of that seed
 #   FUZZ_CONFIG_JOBS=J    nbdkit runs at once (default: cores + 1)
