@@ -32,8 +32,9 @@ What is checked:
   known bytes. Block status must not call known non-zero bytes a hole or zero (SPEC §4),
   must start at the offset asked, and with REQ_ONE hold exactly one extent.
 - The requests go in 4 rounds of a synchronous batch (40%) and an asynchronous one: up to
-  4, 16, 32 or 64 requests in flight on one connection, the ranges of requests in flight
-  never overlapping, so the model has one answer. nbdkit must be alive after every batch.
+  4, 16, 32 or 64 requests in flight per connection, on one connection (rounds 0 and 2) or
+  two at once (rounds 1 and 3, one thread each), the ranges of requests in flight never
+  overlapping, so the model has one answer. nbdkit must be alive after every batch.
 - At the end: all of the touched data reads back, on this connection and on a new one
   after a flush; the server is alive after every batch and exits with status 0 on SIGTERM
   with no crash message; for the file exports (writeback, writethrough) the file holds
@@ -588,54 +589,76 @@ class Run:
             if h.aio_is_dead():
                 raise Failure("connection died after %r" % (req,))
 
-    def phase_aio(self, h, nops, inflight):
-        pending = {}                            # cookie -> ctx
-        busy = {}                               # cookie -> (start, end)
-        issued = 0
-        maxq = 0
-        while issued < nops or pending:
-            while issued < nops and len(pending) < inflight:
-                req = None
-                for _ in range(10):
-                    cand = self.gen()
-                    cmd, off, n, flags = cand
-                    if cmd in ("pread", "pread_structured", "pwrite") and n > 8 << 20:
-                        continue                # keep the memory in flight small
-                    if expected(cmd, off, n, flags, self.caps, self.size)[0] != "ok" or cmd == "flush":
-                        req = cand
-                        break
-                    if all(off + n <= s or e <= off for s, e in busy.values()):
-                        req = cand
-                        break
-                if req is None:
-                    break
-                self.note("aio %d: %r" % (issued, req))
-                ck, ctx = self.issue(h, req, done=True)
-                issued += 1
-                if ck is not None:
-                    pending[ck] = ctx
-                    cmd, off, n, flags = req
-                    if ctx["exp"][0] == "ok" and cmd != "flush":
-                        busy[ck] = (off, off + n)
-            maxq = max(maxq, len(pending))
-            if not pending:
-                continue
-            h.poll(1000)
-            for ck in list(pending):
-                import nbd
-                try:
-                    done = h.aio_command_completed(ck)
-                    e = None
-                except nbd.Error as err:
-                    done, e = True, err
-                if not done:
-                    continue
-                ctx = pending.pop(ck)
-                busy.pop(ck, None)
-                self.complete(ctx, e)
-            if h.aio_is_dead():
-                raise Failure("connection died in the aio phase")
-        return maxq
+    def phase_aio(self, hs, nops, inflight):
+        """nops requests over the connections hs, each from a thread of its own with up to
+        inflight in flight; requests in flight on any connection never overlap."""
+        import threading
+        lock = threading.Lock()
+        busy = {}                               # (connection, cookie) -> (start, end)
+        maxq = [0]
+        errors = []
+
+        def worker(ci, h, my_ops):
+            import nbd
+            pending = {}                        # cookie -> ctx
+            issued = 0
+            try:
+                while issued < my_ops or pending:
+                    with lock:
+                        while issued < my_ops and len(pending) < inflight:
+                            req = None
+                            for _ in range(10):
+                                cand = self.gen()
+                                cmd, off, n, flags = cand
+                                if cmd in ("pread", "pread_structured", "pwrite") and n > 8 << 20:
+                                    continue    # keep the memory in flight small
+                                if expected(cmd, off, n, flags, self.caps, self.size)[0] != "ok" or cmd == "flush":
+                                    req = cand
+                                    break
+                                if all(off + n <= s or e <= off for s, e in busy.values()):
+                                    req = cand
+                                    break
+                            if req is None:
+                                break
+                            self.note("aio conn %d, %d: %r" % (ci, issued, req))
+                            ck, ctx = self.issue(h, req, done=True)
+                            issued += 1
+                            if ck is not None:
+                                pending[ck] = ctx
+                                cmd, off, n, flags = req
+                                if ctx["exp"][0] == "ok" and cmd != "flush":
+                                    busy[(ci, ck)] = (off, off + n)
+                        maxq[0] = max(maxq[0], len(pending))
+                    if not pending:
+                        continue
+                    h.poll(1000)
+                    with lock:
+                        for ck in list(pending):
+                            try:
+                                done = h.aio_command_completed(ck)
+                                e = None
+                            except nbd.Error as err:
+                                done, e = True, err
+                            if not done:
+                                continue
+                            ctx = pending.pop(ck)
+                            busy.pop((ci, ck), None)
+                            self.complete(ctx, e)
+                    if h.aio_is_dead():
+                        raise Failure("connection %d died in the aio phase" % ci)
+            except Exception as e:              # Failure, or nbd.Error when the server is gone
+                errors.append(e)
+            finally:
+                self.drain(h)
+
+        threads = [threading.Thread(target=worker, args=(ci, h, nops // len(hs))) for ci, h in enumerate(hs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return maxq[0]
 
     def verify_all(self, h, label):
         """Reads back the data ranges (and, on small exports, everything)."""
@@ -680,6 +703,7 @@ class Run:
         maxq = 0
         try:
             h = self.connect()
+            h2 = self.connect()
             try:
                 rounds = 4
                 for k in range(rounds):
@@ -687,16 +711,19 @@ class Run:
                     nsync = part * 2 // 5
                     self.phase_sync(h, nsync)
                     self.alive("after synchronous batch %d" % k)
-                    maxq = max(maxq, self.phase_aio(h, part - nsync, self.r.choice([4, 16, 32, 64])))
+                    # odd rounds: a second connection at once (the cache is shared)
+                    hs = [h] if k % 2 == 0 else [h, h2]
+                    maxq = max(maxq, self.phase_aio(hs, part - nsync, self.r.choice([4, 16, 32, 64])))
                     self.alive("after aio batch %d" % k)
                 self.note("verify")
                 self.verify_all(h, "read-back")
                 if self.caps["flush"]:
                     h.flush()
             finally:
-                self.drain(h)
-                h.shutdown()
-            self.alive("after the first connection closed")
+                for x in (h, h2):
+                    self.drain(x)
+                    x.shutdown()
+            self.alive("after the first connections closed")
             h = self.connect()
             try:
                 self.verify_all(h, "read-back on a new connection")
