@@ -18,7 +18,9 @@ Exports: memory size=1, memory size=4095, file of 130000 bytes, memory size=6553
 65537 bytes, memory 1T, a sparse file of 1 TiB. Modes: writeback, writethrough, unsafe.
 Options: none, cache-max-size=1M, cache-on-read=true. The default set is 23 configurations
 (every export in every mode, the option rotating, and cache-max-size=1M under writeback and
-unsafe on a 1 TiB export); --configs all runs all 63.
+unsafe on a 1 TiB export); --configs all runs all 105, adding the options bs4K
+(cache-min-block-size=4K cache-on-read=true) and bs1Mmax1M (cache-min-block-size=1M
+cache-max-size=1M: one block is the whole cache).
 
 What is checked:
 - Every reply is what nbdkit 1.32 must send (it validates requests before any filter):
@@ -78,10 +80,13 @@ EXPORTS = [  # name, plugin kind, size
 ]
 MODES = ["writeback", "writethrough", "unsafe"]
 OPTIONS = [("plain", []), ("max1M", ["cache-max-size=1M"]), ("cor", ["cache-on-read=true"])]
+# Only in --configs all (or by name): other cache block sizes, the smallest with reclaim.
+MORE_OPTIONS = [("bs4K", ["cache-min-block-size=4K", "cache-on-read=true"]),
+                ("bs1Mmax1M", ["cache-min-block-size=1M", "cache-max-size=1M"])]
 
 
 def all_configs():
-    return ["%s-%s-%s" % (e[0], m, o[0]) for e in EXPORTS for m in MODES for o in OPTIONS]
+    return ["%s-%s-%s" % (e[0], m, o[0]) for e in EXPORTS for m in MODES for o in OPTIONS + MORE_OPTIONS]
 
 
 def default_configs():
@@ -97,7 +102,7 @@ def default_configs():
 def parse_config(name):
     ename, mode, oname = name.split("-")
     exp = next(e for e in EXPORTS if e[0] == ename)
-    opt = next(o for o in OPTIONS if o[0] == oname)
+    opt = next(o for o in OPTIONS + MORE_OPTIONS if o[0] == oname)
     return exp, mode, opt
 
 

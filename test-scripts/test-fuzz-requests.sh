@@ -12,7 +12,7 @@
 # cleanly. See fuzz_requests.py for the oracle.
 #
 #   FUZZ_REQUESTS_OPS=N        requests per configuration (default 1000)
-#   FUZZ_REQUESTS_CONFIGS=all  all 63 configurations (default: 23, see fuzz_requests.py),
+#   FUZZ_REQUESTS_CONFIGS=all  all 105 configurations (default: 23, see fuzz_requests.py),
 #                              or a comma-separated list (mem1T-writeback-max1M,...)
 #   FUZZ_REQUESTS_SEED=S       seed (default: random, printed)
 #   FUZZ_REQUESTS_TIMEOUT=S    time limit of the whole run (default 140 s)
