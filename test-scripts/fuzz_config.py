@@ -637,7 +637,9 @@ def run_case(cfg, i):
     err = p.stderr
     fails = []
     if p.returncode >= 124 or p.returncode < 0:
-        fails.append(("hang" if p.returncode == 124 else "crash", "exit status %d" % p.returncode))
+        # timeout(1) exits 124, or dies of its own SIGKILL (-k) when nbdkit ignored SIGTERM
+        hung = p.returncode in (124, 137, -9) and secs >= RUN_TIMEOUT
+        fails.append(("hang" if hung else "crash", "exit status %d after %.1f s" % (p.returncode, secs)))
     if CRASH.search(err) or CRASH.search(p.stdout):
         fails.append(("crash", "crash message: %r" % (CRASH.search(err) or CRASH.search(p.stdout)).group(0)))
     started = os.path.exists(result)
@@ -653,7 +655,7 @@ def run_case(cfg, i):
             named = err
         else:
             named = lines[0] if lines else b""
-        if p.returncode not in (0, 124) and p.returncode < 124:
+        if 0 < p.returncode < 124:
             if len(lines) != 1 or b"error" not in lines[0]:
                 fails.append(("lines", "want one error line, got %d: %s" % (len(lines), show(err, 300))))
             elif not any(name_in(n, named) for n in expect[2]):
@@ -863,6 +865,18 @@ def main():
         for why, _ in res["fails"]:
             reasons[why] = reasons.get(why, 0) + 1
     nfail = sum(1 for res in results if res["fails"])
+    families = {}                          # (the parameter at fault, reason) -> cases
+    for res in results:
+        for why, msg in res["fails"]:
+            if res["expect"] == "reject":
+                who = "thresholds" if res["why"].startswith("low") else res["why"].split("=")[0]
+            else:
+                m = re.search(r"cache(-[a-z-]+)?|TMPDIR|preferred block size|round trip|NBD error", msg)
+                who = m.group(0) if m else "?"
+            families[(who, why)] = families.get((who, why), 0) + 1
+    if families:
+        print("fuzz-config: failures by parameters and reason: %s" % ", ".join(
+            "%s [%s] %d" % (p, w, n) for (p, w), n in sorted(families.items())))
     print("fuzz-config: values tried per parameter: %s" % ", ".join(
         "%s %d" % (k.decode(), n) for k, n in sorted(nvalues.items())))
     print("fuzz-config: tried %d, started %d (expected %d), rejected %d (expected %d), failed %d %s; "
