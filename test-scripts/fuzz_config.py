@@ -818,7 +818,7 @@ def main():
     ap.add_argument("--filter", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--seed", default=None)
-    ap.add_argument("--count", type=int, default=600)
+    ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--jobs", type=int, default=0)
     ap.add_argument("--only", default="")
     a = ap.parse_args()
@@ -875,8 +875,8 @@ def main():
             if res["expect"] == "reject":
                 who = "thresholds" if res["why"].startswith("low") else res["why"].split("=")[0]
             else:
-                m = re.search(r"cache(-[a-z-]+)?|TMPDIR|preferred block size|round trip|NBD error", msg)
-                who = m.group(0) if m else "?"
+                m = re.search(r"cache-[a-z-]+|cache=|cache file|TMPDIR|preferred block size|round trip|NBD error", msg)
+                who = {"cache=": "cache", "cache file": "TMPDIR"}.get(m.group(0), m.group(0)) if m else "?"
             families[(who, why)] = families.get((who, why), 0) + 1
     if families:
         print("fuzz-config: failures by parameters and reason: %s" % ", ".join(

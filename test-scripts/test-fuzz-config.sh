@@ -10,7 +10,7 @@
 # parameter (TMPDIR: the directory); never a crash or a hang (10 s per run).
 # See fuzz_config.py for the oracle and the checks.
 #
-#   FUZZ_CONFIG_COUNT=N   cases (default 600: the 344 fixed edge cases + random ones)
+#   FUZZ_CONFIG_COUNT=N   cases (default 500: the 344 fixed edge cases + random ones)
 #   FUZZ_CONFIG_SEED=S    seed (default: random, printed); with
 #   FUZZ_CONFIG_ONLY=I,J  rerun just those cases of that seed
 #   FUZZ_CONFIG_JOBS=J    nbdkit runs at once (default: cores + 1)
@@ -20,7 +20,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-count=${FUZZ_CONFIG_COUNT:-600}
+count=${FUZZ_CONFIG_COUNT:-500}
 seed=${FUZZ_CONFIG_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
 log "seed $seed (rerun with FUZZ_CONFIG_SEED=$seed)"
 rc=0
