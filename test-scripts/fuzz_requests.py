@@ -298,13 +298,27 @@ class Run:
         self.errnos = {}
         self.verified = 0
         self.fails = []
+        self.kinds = {}
+        self.stopping = False
         self.progress = None
         self.last = ""
 
+    KINDS = [("server died", r"nbdkit (died|is gone|exited with status|did not)|crash message"),
+             ("connection lost", r"invalid state: (CLOSED|DEAD)|connection \d* ?died|connection lost|"
+                                 r"Transport endpoint is not connected|Connection reset by peer|too many failures"),
+             ("block status over known data", r"is (hole,zero|zero|hole) but"),
+             ("wrong data", r"read 0x|reads 0x|differs from the model|does not read back"),
+             ("wrong reply", r"succeeded, want|, want E|failed: "),
+             ("lost dirty data at exit", r"dirty blocks"),
+             ("bad extents", r"extent|REQ_ONE")]
+
     def fail(self, msg):
         self.fails.append(msg)
+        kind = next((k for k, rx in self.KINDS if re.search(rx, msg)), "other")
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         print("FAIL %s: %s" % (self.name, msg), flush=True)
-        if len(self.fails) >= 20:
+        if len(self.fails) >= 20 and not self.stopping:
+            self.stopping = True               # raised once; later failures are only recorded
             raise Failure("too many failures")
 
     def note(self, what):
@@ -388,6 +402,16 @@ class Run:
                          cache=h.can_cache(), fast_zero=h.can_fast_zero(),
                          meta=h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION))
         return h
+
+    @staticmethod
+    def close(h):
+        """Drains h, then disconnects (when the server is gone there is nothing to shut down)."""
+        import nbd
+        Run.drain(h)
+        try:
+            h.shutdown()
+        except nbd.Error:
+            pass
 
     @staticmethod
     def drain(h):
@@ -591,8 +615,8 @@ class Run:
             req = self.gen()
             self.note("sync %d: %r" % (i, req))
             self.issue(h, req)
-            if h.aio_is_dead():
-                raise Failure("connection died after %r" % (req,))
+            if h.aio_is_dead() or h.aio_is_closed():
+                raise Failure("connection lost after %r" % (req,))
 
     def phase_aio(self, hs, nops, inflight):
         """nops requests over the connections hs, each from a thread of its own with up to
@@ -649,8 +673,8 @@ class Run:
                             ctx = pending.pop(ck)
                             busy.pop((ci, ck), None)
                             self.complete(ctx, e)
-                    if h.aio_is_dead():
-                        raise Failure("connection %d died in the aio phase" % ci)
+                    if h.aio_is_dead() or h.aio_is_closed():
+                        raise Failure("connection %d lost in the aio phase" % ci)
             except Exception as e:              # Failure, or nbd.Error when the server is gone
                 errors.append(e)
             finally:
@@ -726,15 +750,13 @@ class Run:
                     h.flush()
             finally:
                 for x in (h, h2):
-                    self.drain(x)
-                    x.shutdown()
+                    self.close(x)
             self.alive("after the first connections closed")
             h = self.connect()
             try:
                 self.verify_all(h, "read-back on a new connection")
             finally:
-                self.drain(h)
-                h.shutdown()
+                self.close(h)
             self.alive("at the end")
         except nbd.Error as e:
             self.fail("unexpected libnbd error: %s (last request: %s)" % (e, self.last))
@@ -750,7 +772,8 @@ class Run:
             self.check_file()
         secs = time.monotonic() - t0
         return dict(name=self.name, sent=self.sent, errnos=self.errnos, verified=self.verified,
-                    fails=len(self.fails), secs=round(secs, 2), maxq=maxq, segments=len(self.model.segs))
+                    fails=len(self.fails), secs=round(secs, 2), maxq=maxq, segments=len(self.model.segs),
+                    kinds=self.kinds)
 
 
 # ------------------------------------------------------------------ driver
@@ -762,7 +785,7 @@ def one(a):
         import traceback
         traceback.print_exc()
         res = dict(name=a.config, sent=run.sent, errnos=run.errnos, verified=run.verified,
-                   fails=len(run.fails) + 1, secs=0, maxq=0, segments=0)
+                   fails=len(run.fails) + 1, secs=0, maxq=0, segments=0, kinds=dict(run.kinds, script=1))
     print("RESULT " + json.dumps(res), flush=True)
     return 1 if res["fails"] else 0
 
@@ -803,7 +826,7 @@ def run_all(a):
                 res = json.loads(line[7:])
         return name, text, res
 
-    sent, errnos, verified, nfail, bad = {}, {}, 0, 0, []
+    sent, errnos, verified, nfail, bad, kinds = {}, {}, 0, 0, [], {}
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as ex:
         for name, text, res in ex.map(child, names):
             for line in text.splitlines():
@@ -819,6 +842,8 @@ def run_all(a):
             for k, v in res["errnos"].items():
                 errnos[k] = errnos.get(k, 0) + v
             verified += res["verified"]
+            for k, v in res.get("kinds", {}).items():
+                kinds[k] = kinds.get(k, 0) + 1          # configurations with this kind of failure
             if res["fails"]:
                 nfail += 1
                 bad.append(name)
@@ -827,6 +852,8 @@ def run_all(a):
                 res["verified"], " (%d failures)" % res["fails"] if res["fails"] else ""), flush=True)
     print("fuzz-requests: requests sent: %s (total %d)" % (fmt(sent), sum(sent.values())))
     print("fuzz-requests: replies: %s" % fmt(errnos))
+    if kinds:
+        print("fuzz-requests: configurations failing by kind: %s" % fmt(kinds))
     print("fuzz-requests: %d bytes verified; %d of %d configurations failed%s; %.1f s; seed %s" % (
         verified, nfail, len(names), (" (" + " ".join(bad) + ")") if bad else "", time.monotonic() - t0, seed),
         flush=True)
