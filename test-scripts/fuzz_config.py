@@ -534,7 +534,7 @@ def oracle(S, args, tmpdir):
     if m["max"] is not None and m["low"] >= m["high"]:
         return ("reject", "low %d >= high %d" % (m["low"], m["high"]),
                 [b"cache-low-threshold", b"cache-high-threshold"])
-    d = b"/var/tmp" if tmpdir is UNSET else tmpdir
+    d = b"/var/tmp" if tmpdir is UNSET or tmpdir == b"" else tmpdir     # empty TMPDIR is unset
     if d != b"" and not can_make_file_in(d if d.startswith(b"/") else S + b"/" + d):
         return ("reject", "TMPDIR=%s" % show(d), [d])
     if m["stats"] is not None and not stats_path_ok(S, m["stats"]):
@@ -543,7 +543,7 @@ def oracle(S, args, tmpdir):
         work = os.path.dirname(S)
         if not os.path.realpath(absolute(S, m["stats"]).rpartition(b"/")[0]).startswith(work + b"/"):
             raise RuntimeError("generated cache-stats=%s outside %s" % (show(m["stats"]), show(work)))
-    real = b"/" if d == b"" else os.path.realpath(absolute(S, d))
+    real = os.path.realpath(absolute(S, d))
     m["tmpdir_real"] = real.hex()
     m["block"] = max(m["minbs"], os.stat(real).st_blksize)
     if m["stats"] is not None:
@@ -701,7 +701,8 @@ def run_case(cfg, i):
 def name_in(name, line):
     if name.startswith(b"cache"):
         return re.search(rb"(^|[^a-z-])" + re.escape(name) + rb"($|[= ):])", line) is not None
-    return name in line
+    # A path is shown as the UTF-8 it decodes to, bytes that are not UTF-8 as U+FFFD.
+    return name in line or name.decode("utf-8", "replace").encode() in line
 
 
 # ------------------------------------------------------------------ the probe (--run)

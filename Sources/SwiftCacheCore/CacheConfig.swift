@@ -15,8 +15,10 @@ public enum CacheMode: String, Sendable, CaseIterable {
 public enum CacheOnRead: Sendable, Equatable {
     case never
     case always
-    /// On while this file exists, checked per request.
-    case whilePathExists(String)
+    /// On while this file exists, checked per request. A `FilePath`: the
+    /// bytes the user gave, whatever they are (a `String` would replace
+    /// bytes that are not UTF-8 and name another file).
+    case whilePathExists(FilePath)
 
     var isOn: Bool {
         switch self {

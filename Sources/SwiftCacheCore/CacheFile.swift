@@ -22,14 +22,14 @@ public final class CacheFile: CacheStorage {
     private let windows = Lock<MappedWindows>(MappedWindows())
 
     /// Creates and unlinks the cache file in `directory`.
-    public init(directory: String) throws(CacheError) {
-        let path: String
+    public init(directory: FilePath) throws(CacheError) {
+        let path: FilePath
         do {
             (fd, path) = try FileDescriptor.makeTemporary(in: directory, prefix: "swiftcache.")
         } catch {
             throw CacheError(error, "cannot create the cache file in \(directory) (set TMPDIR to a writable directory)")
         }
-        unlink(path)
+        _ = path.withPlatformString { unlink($0) }
         var info = stat()
         fileSystemBlockSize = fstat(fd.rawValue, &info) == 0 ? UInt64(max(info.st_blksize, 512)) : 4096
         mapsReads = swiftcache_is_tmpfs(fd.rawValue) == 1

@@ -23,15 +23,21 @@ func retryingOnInterrupt<T: FixedWidthInteger>(_ call: () -> T) throws(Errno) ->
 }
 
 extension FileDescriptor {
-    /// Creates a file in `directory` with `mkostemp(O_CLOEXEC)` and returns
-    /// its descriptor and path.
-    static func makeTemporary(in directory: String, prefix: String) throws(Errno) -> (FileDescriptor, String) {
-        var template = Array("\(directory)/\(prefix)XXXXXX".utf8CString)
+    /// Creates a file named `prefix` and six random characters in
+    /// `directory` with `mkostemp(O_CLOEXEC)`, and returns its descriptor and path.
+    public static func makeTemporary(in directory: FilePath, prefix: String) throws(Errno) -> (FileDescriptor, FilePath)
+    {
+        var template = directory.appending(prefix + "XXXXXX").withPlatformString {
+            Array(
+                UnsafeBufferPointer(
+                    start: $0, count: strlen($0) + 1))
+        }
         let fd = try retryingOnInterrupt {
             template.withUnsafeMutableBufferPointer { swiftcache_mkostemp_cloexec($0.baseAddress!) }
         }
-        let path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return (FileDescriptor(rawValue: fd), path)
+        return (
+            FileDescriptor(rawValue: fd), template.withUnsafeBufferPointer { FilePath(platformString: $0.baseAddress!) }
+        )
     }
 
     /// Frees the storage of a byte range, which then reads as zeroes.
@@ -82,8 +88,8 @@ extension FileDescriptor {
 }
 
 /// Whether a file exists (for `cache-on-read=/PATH`, checked per request).
-func fileExists(_ path: String) -> Bool {
-    access(path, F_OK) == 0
+func fileExists(_ path: FilePath) -> Bool {
+    path.withPlatformString { access($0, F_OK) } == 0
 }
 
 /// Bytes of physical memory (0 if unknown).

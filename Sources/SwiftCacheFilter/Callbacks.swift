@@ -20,7 +20,7 @@ enum Callbacks {
             OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?
         ) -> Int32 = { next, backend, key, value in
             guard let key, let value else { return -1 }
-            switch SwiftCacheFilter.shared.configure(key: String(cString: key), value: String(cString: value)) {
+            switch SwiftCacheFilter.shared.configure(key: String(cString: key), value: value) {
             case .handled: return 0
             case .failed: return -1
             case .notOurs: return next?(backend, key, value) ?? -1

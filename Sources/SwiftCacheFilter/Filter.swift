@@ -24,7 +24,7 @@ final class SwiftCacheFilter: Sendable {
 
     /// What `getReady` settles, and the caches made since, by export name.
     private struct Caches {
-        let directory: String
+        let directory: FilePath
         let writeBackThreads: Int
         let budget = CacheBudget()
         var byExport: [String: ExportCache] = [:]
@@ -46,7 +46,7 @@ final class SwiftCacheFilter: Sendable {
     /// nothing dirty) used least recently; with none idle, its open fails.
     static let maxExportCaches = 64
 
-    func configure(key: String, value: String) -> Parameters.Outcome {
+    func configure(key: String, value: UnsafePointer<CChar>) -> Parameters.Outcome {
         parameters.withLock { Parameters.apply(key: key, value: value, to: &$0) }
     }
 
@@ -62,7 +62,8 @@ final class SwiftCacheFilter: Sendable {
     /// cache files are made there when they are first opened. Write-back
     /// uses threads of its own only if nbdkit's final thread model is parallel.
     func getReady(parallel: Bool) -> Bool {
-        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/var/tmp"
+        // Empty is unset, as for mkstemp(3) users generally; the bytes as given, UTF-8 or not.
+        let directory = getenv("TMPDIR").flatMap { $0.pointee == 0 ? nil : FilePath(platformString: $0) } ?? "/var/tmp"
         let settings = settings
         let threads = parallel ? Self.writeBackThreads : 1
         do {

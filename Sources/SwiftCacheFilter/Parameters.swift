@@ -2,6 +2,7 @@
 import CLinux
 import CNBDKit
 import SwiftCacheCore
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -46,11 +47,14 @@ enum Parameters {
     struct Settings {
         var cache = CacheConfig()
         /// `cache-stats=FILE`, made absolute.
-        var statsPath: String?
+        var statsPath: FilePath?
     }
 
     /// Applies one `key=value`; keys that are not ours go to the plugin.
-    static func apply(key: String, value: String, to settings: inout Settings) -> Outcome {
+    /// nbdkit's parsers and paths get `raw`, the bytes as given; `value`, the
+    /// same as a `String` (bytes that are not UTF-8 replaced), is for messages.
+    static func apply(key: String, value raw: UnsafePointer<CChar>, to settings: inout Settings) -> Outcome {
+        let value = String(cString: raw)
         switch key {
         case "cache":
             guard let mode = CacheMode(rawValue: value) else {
@@ -58,18 +62,18 @@ enum Parameters {
             }
             settings.cache.mode = mode
         case "cache-min-block-size":
-            guard let size = parse(key, value, { nbdkit_parse_size(value) }) else { return .failed }
+            guard let size = parse(key, value, { nbdkit_parse_size(raw) }) else { return .failed }
             guard size >= 4096, size <= Int64(UInt32.max), size.nonzeroBitCount == 1 else {
                 return fail("cache-min-block-size=\(value): must be a power of 2, at least 4096 and at most 4G-1")
             }
             settings.cache.minBlockSize = UInt64(size)
         case "cache-max-size":
-            guard let size = parse(key, value, { nbdkit_parse_size(value) }) else { return .failed }
+            guard let size = parse(key, value, { nbdkit_parse_size(raw) }) else { return .failed }
             guard size >= 1 << 20 else { return fail("cache-max-size=\(value): too small, must be at least 1M") }
             settings.cache.maxSize = UInt64(size)
         case "cache-high-threshold", "cache-low-threshold":
             var percent: UInt32 = 0
-            guard parse(key, value, { nbdkit_parse_unsigned(key, value, &percent) }) != nil else { return .failed }
+            guard parse(key, value, { nbdkit_parse_unsigned(key, raw, &percent) }) != nil else { return .failed }
             guard percent > 0 else { return fail("\(key)=\(value): must be greater than zero") }
             if key == "cache-high-threshold" {
                 settings.cache.highThreshold = UInt64(percent)
@@ -78,17 +82,17 @@ enum Parameters {
             }
         case "cache-on-read":
             if value.hasPrefix("/") {
-                settings.cache.cacheOnRead = .whilePathExists(value)
+                settings.cache.cacheOnRead = .whilePathExists(FilePath(platformString: raw))
             } else {
-                guard let on = parse(key, value, { nbdkit_parse_bool(value) }) else { return .failed }
+                guard let on = parse(key, value, { nbdkit_parse_bool(raw) }) else { return .failed }
                 settings.cache.cacheOnRead = on == 1 ? .always : .never
             }
         case "cache-stats":
             // Absolute: nbdkit changes directory when it forks into the background.
-            guard !value.isEmpty, let absolute = nbdkit_absolute_path(value) else {
+            guard !value.isEmpty, let absolute = nbdkit_absolute_path(raw) else {
                 return fail("cache-stats=\(value): must name a file")
             }
-            settings.statsPath = String(cString: absolute)
+            settings.statsPath = FilePath(platformString: absolute)
             free(absolute)
         default:
             return .notOurs

@@ -16,7 +16,7 @@ import Glibc
 /// whole: a new file in the same directory, renamed over it, so a reader
 /// sees one report or the next, never a mix of them.
 final class StatsFile: @unchecked Sendable {
-    let path: String
+    let path: FilePath
     private let statistics: Statistics
     /// Guards `stopping`; the writer thread waits on `wake` between writes.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -32,7 +32,7 @@ final class StatsFile: @unchecked Sendable {
     private var failing = false
 
     /// Writes the first report; fails if FILE cannot be written.
-    init(path: String, statistics: Statistics) throws(CacheError) {
+    init(path: FilePath, statistics: Statistics) throws(CacheError) {
         self.path = path
         self.statistics = statistics
         pthread_mutex_init(mutex, nil)
@@ -111,28 +111,27 @@ final class StatsFile: @unchecked Sendable {
     }
 
     /// Replaces the file with `text`: written to a new hidden file next to
-    /// it (mode 0644), then renamed over it.
+    /// it (mode 0644), then renamed over it. The new file's name is short and
+    /// fixed in length, so any name FILE may have, it may have too.
     private func replace(with text: String) throws(CacheError) {
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        var template = Array("\(directory)/.\(name).XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buffer in
-            buffer.baseAddress.map { swiftcache_mkostemp_cloexec($0) } ?? -1
+        let directory = path.removingLastComponent()
+        let file: FileDescriptor, temporary: FilePath
+        do {
+            (file, temporary) = try FileDescriptor.makeTemporary(in: directory, prefix: ".swiftcache-stats.")
+        } catch {
+            throw CacheError(error, "cache-stats=\(path): cannot create a file in \(directory)")
         }
-        guard fd >= 0 else {
-            throw CacheError(Errno(rawValue: errno), "cache-stats=\(path): cannot create a file in \(directory)")
-        }
-        let temporary = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let file = FileDescriptor(rawValue: fd)
         do {
             try file.closeAfter {
                 _ = try file.writeAll(text.utf8)
-                if fchmod(fd, 0o644) != 0 { throw Errno(rawValue: errno) }
+                if fchmod(file.rawValue, 0o644) != 0 { throw Errno(rawValue: errno) }
             }
-            if rename(temporary, path) != 0 { throw Errno(rawValue: errno) }
+            let renamed = path.withPlatformString { target in
+                temporary.withPlatformString { rename($0, target) }
+            }
+            if renamed != 0 { throw Errno(rawValue: errno) }
         } catch {
-            unlink(temporary)
+            _ = temporary.withPlatformString { unlink($0) }
             throw CacheError(error as? Errno ?? .ioError, "cache-stats=\(path): cannot write it")
         }
     }

@@ -14,7 +14,7 @@ final class CacheFileTests: XCTestCase {
         for parent in parents {
             let directory = try makeTemporaryDirectory(in: parent)
             defer { removeDirectory(directory) }
-            try body(try CacheFile(directory: directory), parent)
+            try body(try CacheFile(directory: FilePath(directory)), parent)
         }
     }
 

@@ -196,7 +196,7 @@ final class CapabilityTests: EngineTestCase {
     /// Engine.init refuses each bad configuration with EINVAL, before it uses the cache file.
     func testEngineInitThrowsForBadConfigurations() throws {
         for (what, config) in badConfigs {
-            let file = try CacheFile(directory: directory)
+            let file = try CacheFile(directory: FilePath(directory))
             do {
                 _ = try Engine(config: config, file: file)
                 XCTFail("\(what): Engine.init accepted it")
@@ -209,7 +209,7 @@ final class CapabilityTests: EngineTestCase {
     /// Engine.init accepts configurations at the edges of the checks.
     func testEngineInitAcceptsConfigurationsAtTheEdges() throws {
         for (what, config) in goodConfigs where config.minBlockSize <= 1 << 20 {
-            let file = try CacheFile(directory: directory)
+            let file = try CacheFile(directory: FilePath(directory))
             XCTAssertNoThrow(try Engine(config: config, file: file), what)
         }
     }

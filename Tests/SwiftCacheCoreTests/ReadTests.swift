@@ -153,7 +153,7 @@ final class ReadTests: EngineTestCase {
     func testCacheOnReadWhilePathExistsIsCheckedPerRequest() throws {
         let flag = directory + "/cache-on-read"
         let b = MemoryBackend(size: MiB, seed: 8)
-        let e = try makeEngine(b, cacheOnRead: .whilePathExists(flag))
+        let e = try makeEngine(b, cacheOnRead: .whilePathExists(FilePath(flag)))
 
         // No file: off.
         _ = try e.readBytes(0, 100, b)

@@ -49,7 +49,7 @@ class EngineTestCase: XCTestCase {
         config.maxSize = maxSize
         config.minBlockSize = minBlockSize
         configure(&config)
-        let cacheFile = try CacheFile(directory: directory)
+        let cacheFile = try CacheFile(directory: FilePath(directory))
         let engine = try Engine(
             config: config, file: cacheFile, writeBackThreads: writeBackThreads, budget: budget,
             statistics: statistics)

@@ -69,7 +69,7 @@ final class FaultyStorage: CacheStorage {
 
     /// A cache file in `directory` (the test's temporary directory).
     init(directory: String) throws {
-        file = try CacheFile(directory: directory)
+        file = try CacheFile(directory: FilePath(directory))
     }
 
     // MARK: Control and counts
