@@ -103,12 +103,15 @@ enum Callbacks {
     /// The connection is closing: dirty blocks go to the plugin (SPEC §8).
     static let finalize: @convention(c) (Next, Handle) -> Int32 = { next, handle in
         let connection = Connection.from(handle)
-        do {
-            try connection.engine.connectionClosing(connection.writes, backend: connection.backend(next))
-            return 0
-        } catch {
-            Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
-            return -1
+        // Not on this thread: see `onThreadOfOurOwn`.
+        return onThreadOfOurOwn {
+            do {
+                try connection.engine.connectionClosing(connection.writes, backend: connection.backend(next))
+                return 0
+            } catch {
+                Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
+                return -1
+            }
         }
     }
 
