@@ -104,8 +104,10 @@ class SoakError(Exception):
 def fmt_bytes(n):
     if n >= 10 * 1024 * M:
         return "%.1f GiB" % (n / 1024 / M)
-    if n >= 10 * M:
+    if n >= M:
         return "%.1f MiB" % (n / M)
+    if n >= 10 * K:
+        return "%.1f KiB" % (n / K)
     return "%d bytes" % n
 
 
@@ -134,7 +136,7 @@ class Server:
             if os.path.exists(f):
                 os.unlink(f)
         env = dict(os.environ)
-        env["TMPDIR"] = tmpdir or ctx.cachedir
+        env["TMPDIR"] = self.tmpdir = tmpdir or ctx.cachedir
         self.cmd = ["nbdkit", "-f", "-U", self.sock, "-P", pidfile] + args
         self.logf = open(self.logfile, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env,
@@ -191,6 +193,23 @@ class Server:
             f.write(out)
         keep = [x for x in out.splitlines() if x.startswith(("Thread ", "#"))]
         return "\n".join("    | " + x for x in keep[:80]) + "\n    (all in %s)" % path
+
+    def cache_alloc(self):
+        """Allocated bytes of the (unlinked) cache files nbdkit holds in its TMPDIR."""
+        total = 0
+        d = "/proc/%d/fd" % self.pid
+        try:
+            fds = os.listdir(d)
+        except OSError:
+            return 0
+        for fd in fds:
+            try:
+                t = os.readlink(os.path.join(d, fd))
+                if t.startswith(self.tmpdir + "/") and t.endswith(" (deleted)"):
+                    total += os.stat(os.path.join(d, fd)).st_blocks * 512
+            except OSError:
+                pass
+        return total
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -317,6 +336,7 @@ class Client:
         self.h = h
         self.fd = h.aio_get_fd()
         self.pending = {}
+        self.closing = False
         self.can_trim = h.can_trim()
         self.can_fua = h.can_fua()
         self.can_fast_zero = h.can_fast_zero()
@@ -342,6 +362,7 @@ class Counters:
         self.bytes_unverified = 0
         self.extents_checked = 0
         self.max_inflight = 0
+        self.reconnects = 0
 
     def add(self, o):
         for k in self.KINDS:
@@ -350,7 +371,7 @@ class Counters:
         for k, v in o.errnos.items():
             self.errnos[k] = self.errnos.get(k, 0) + v
         for a in ("fua", "fast_zero", "fast_zero_enotsup", "may_trim", "zero_writes", "bytes_verified",
-                  "bytes_unverified", "extents_checked"):
+                  "bytes_unverified", "extents_checked", "reconnects"):
             setattr(self, a, getattr(self, a) + getattr(o, a))
         self.max_inflight = max(self.max_inflight, o.max_inflight)
 
@@ -359,8 +380,8 @@ class Counters:
 
     def line(self):
         parts = ["%s %d" % (k, self.ok[k] + self.err[k]) for k in self.KINDS]
-        return "%d ops (%s; %d FUA, %d FAST_ZERO, %d zeroes with MAY_TRIM, %d all-zero writes)" % (
-            self.ops(), ", ".join(parts), self.fua, self.fast_zero, self.may_trim, self.zero_writes)
+        return "%d ops (%s; %d FUA, %d FAST_ZERO, %d zeroes with MAY_TRIM, %d all-zero writes; %d reconnects)" % (
+            self.ops(), ", ".join(parts), self.fua, self.fast_zero, self.may_trim, self.zero_writes, self.reconnects)
 
     def err_line(self):
         total = sum(self.err.values())
@@ -391,6 +412,9 @@ class Soak:
         self.size = 0
         self.old_size = 0
         self.hot = (0, 0)
+        self.peak_alloc = 0
+        self.nconn = 0
+        self.churn = ctx.churn   # mean seconds between two reconnects (0: none)
 
     # ---- ranges
     def conflicts(self, off, end, excl):
@@ -402,7 +426,11 @@ class Soak:
     def pick_len(self, kind):
         x = self.r.random()
         if kind == "block-status":
+            if x < 0.02:
+                return self.size     # the whole export
             return self.r.choice([self.r.randint(1, 70000), self.r.randint(1, 2 * M), self.r.randint(M, 6 * M)])
+        if x < 0.004 and kind != "cache":  # huge: write-back and plugin requests split at 32 MiB
+            return self.r.randint(8 * M, 33 * M + 5)
         if x < 0.42:
             return self.r.randint(1, 4200)
         if x < 0.72:
@@ -414,6 +442,9 @@ class Soak:
     def pick_range(self, kind):
         x = self.r.random()
         n = self.pick_len(kind)
+        if n >= 8 * M:
+            off = self.r.randrange(0, max(1, self.size - n)) if self.r.random() < 0.5 else self.r.randrange(self.size)
+            return off, max(1, min(n, self.size - off))
         if x < 0.35:          # hot: many requests on the same few blocks
             lo, hi = self.hot
         elif x < 0.55 and self.old_size:   # around the old end of the export, and past it
@@ -626,11 +657,12 @@ class Soak:
                 pos += length
 
     # ---- the load
+    def next_idx(self):
+        self.nconn += 1
+        return self.nconn - 1
+
     def connect_all(self, server, n):
-        clients = []
-        for i in range(n):
-            clients.append(Client(len(clients), server.connect()))
-        return clients
+        return [Client(self.next_idx(), server.connect()) for _ in range(n)]
 
     def run_load(self, server, seconds, conns, qd, events=(), last=False):
         clients = self.connect_all(server, conns)
@@ -639,18 +671,33 @@ class Soak:
         deadline = start + seconds
         events = sorted(events)
         last_alive = start
+        next_churn = start + self.r.expovariate(1 / self.churn) if self.churn else None
         while True:
             now = time.monotonic()
             while events and now >= start + events[0][0]:
                 events.pop(0)[1]()
             issuing = now < deadline and len(self.failures) < 20
+            # connection churn: now and then a connection stops sending, drains,
+            # disconnects (its .finalize writes back while the others go on) and
+            # a new one takes its place
+            if issuing and next_churn is not None and now >= next_churn:
+                next_churn = now + self.r.expovariate(1 / self.churn)
+                self.r.choice(clients).closing = True
+            for i, cl in enumerate(clients):
+                if cl.closing and not cl.pending:
+                    cl.h.shutdown()
+                    close_handle(cl.h)
+                    del byfd[cl.fd]
+                    self.c.reconnects += 1
+                    cl = clients[i] = Client(self.next_idx(), server.connect())
+                    byfd[cl.fd] = cl
             if last and not issuing and self.ctx.drop_write and self.drop_at is None:
                 # self-test: once no more requests are sent, the next write to
                 # complete is left out of the model (nothing can overwrite it)
                 self.drop_at = now
             if issuing:
                 for cl in clients:
-                    while len(cl.pending) < qd:
+                    while len(cl.pending) < qd and not cl.closing:
                         if not self.issue(cl):
                             break
                 inflight = sum(len(cl.pending) for cl in clients)
@@ -686,9 +733,10 @@ class Soak:
                     except nbd.Error as e:
                         err = e
                     self.complete(op, err)
-            if now - last_alive > 0.5:
+            if now - last_alive > 0.25:
                 last_alive = now
                 server.check_alive()
+                self.peak_alloc = max(self.peak_alloc, server.cache_alloc())
                 stuck = [op for cl in clients for op in cl.pending.values() if now - op.t > 60]
                 if stuck:
                     raise SoakError("a %s request has waited over 60 s (nbdkit hangs?)" % stuck[0].kind)
@@ -925,6 +973,10 @@ class Soak:
             % (fmt_bytes(self.c.bytes_verified), " and backing file" if self.file_checked else "",
                fmt_bytes(self.c.bytes_unverified), self.c.extents_checked, self.c.max_inflight,
                fmt_bytes(unknown), fmt_bytes(self.model.size), lost))
+        log("    cache file allocation: peak %s seen (sampled 4 times a second; cache-max-size %s, cache directory %s)"
+            % (fmt_bytes(self.peak_alloc), cfg.get("max") or "unset",
+               {None: "a plain directory", "squeeze": "a 64M tmpfs, nearly full for part of the run"}.get(
+                   cfg.get("tmpfs"), "a %s tmpfs" % cfg.get("tmpfs"))))
         for w in self.warnings[:5]:
             log("    note: " + w)
 
@@ -1334,7 +1386,8 @@ def soak_configs(table, seconds):
     out = []
     for mode, bs, mx, tmpfs, cor in table:
         name = "%s-%s-%s%s%s" % (mode, bs, "max" + mx if mx else "nomax",
-                                 {"squeeze": "-squeezed", "3M": "-tmpfs3M", None: ""}[tmpfs], "-cor" if cor else "")
+                                 "-squeezed" if tmpfs == "squeeze" else "-tmpfs" + tmpfs if tmpfs else "",
+                                 "-cor" if cor else "")
         out.append(dict(name=name, mode=mode, bs=bs, max=mx, tmpfs=tmpfs, cor=cor, seconds=seconds))
     return out
 
@@ -1372,6 +1425,8 @@ def main():
     ap.add_argument("--names", type=int, default=1000, help="export-names: connections/names")
     ap.add_argument("--conns", type=int, default=12, help="soak: libnbd handles")
     ap.add_argument("--qd", type=int, default=12, help="soak: requests in flight per handle")
+    ap.add_argument("--churn", type=float, default=0.5, help="soak: mean seconds between two reconnects "
+                    "during the load (0: none)")
     ap.add_argument("--seed", default="10")
     ap.add_argument("--drop-write", action="store_true", help="self-test: leave one acknowledged write out of "
                     "the model; the soak must fail")
@@ -1379,6 +1434,10 @@ def main():
     ap.add_argument("--fd-margin", type=int, default=70)
     ap.add_argument("--strict-export-names", action="store_true")
     ap.add_argument("--no-faults", action="store_true", help="soak: no error injection")
+    ap.add_argument("--fault-pct", type=int, default=10, help="soak: %% of plugin calls failed (default 10)")
+    ap.add_argument("--custom", action="append", default=[], metavar="MODE:BS:MAX:DIR:COR",
+                    help="soak: a configuration of one's own instead of the table, e.g. writeback:1M:1M:3M:1 "
+                    "(MAX '-' for none; DIR '-', 'squeeze' or a tmpfs size; COR 0/1); repeatable")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
 
@@ -1400,6 +1459,7 @@ def main():
     ctx.seed = a.seed
     ctx.drop_write = a.drop_write
     ctx.conns, ctx.qd = a.conns, a.qd
+    ctx.churn = a.churn
     ctx.rss_margin, ctx.fd_margin = a.rss_margin, a.fd_margin
     ctx.tmp = tempfile.mkdtemp(prefix="swiftcache-soak.")
     ctx.sockdir = tempfile.mkdtemp(prefix="scsoak.", dir="/tmp")
@@ -1422,12 +1482,19 @@ def main():
     try:
         if "soak" in phases:
             secs = a.seconds or (10 if a.quick else 14)
-            cfgs = [c for c in soak_configs(QUICK_SOAK if a.quick else FULL_SOAK, secs) if wanted(c["name"])]
+            table = QUICK_SOAK if a.quick else FULL_SOAK
+            if a.custom:
+                table = []
+                for spec in a.custom:
+                    mode, bs, mx, dr, cor = spec.split(":")
+                    table.append((mode, bs, None if mx == "-" else mx, None if dr == "-" else dr, cor == "1"))
+            cfgs = [c for c in soak_configs(table, secs) if wanted(c["name"])]
             log("soak: %d configurations, %d connections x %d requests in flight, %s, delays read 2 ms / write 3 ms"
                 % (len(cfgs), a.conns, a.qd, "no faults" if a.no_faults else
-                   "faults ~10% (pread, pwrite, zero, trim, flush; extents 3%)"))
+                   "faults ~%d%% (pread, pwrite, zero, trim, flush; extents 3%%)" % a.fault_pct))
             for cfg in cfgs:
                 cfg["faults"] = not a.no_faults
+                cfg["fault_pct"] = a.fault_pct
                 s = Soak(ctx, cfg)
                 try:
                     s.run()
