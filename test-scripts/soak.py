@@ -278,9 +278,13 @@ class Model:
         self.mask = bytearray(len(data))
         self.size = len(data)
 
-    def grow(self, size):
-        self.data.extend(bytes(size - self.size))
-        self.mask.extend(bytes(size - self.size))
+    def resize(self, size):
+        if size < self.size:
+            del self.data[size:]
+            del self.mask[size:]
+        else:
+            self.data.extend(bytes(size - self.size))
+            self.mask.extend(bytes(size - self.size))
         self.size = size
 
     def write(self, off, data):
@@ -333,7 +337,7 @@ def diff_run(a, b, i, limit=1 << 20):
 
 # ----------------------------------------------------------------- soak
 class Op:
-    __slots__ = ("kind", "off", "n", "buf", "flags", "data", "extents", "seq", "conn", "locked", "t")
+    __slots__ = ("kind", "off", "n", "buf", "flags", "data", "extents", "seq", "conn", "locked", "t", "exp")
 
     def __init__(self, kind, off, n, flags=0, buf=None, data=None, locked=None):
         self.kind, self.off, self.n, self.flags = kind, off, n, flags
@@ -341,12 +345,14 @@ class Op:
         self.extents = None
         self.seq = self.conn = 0
         self.t = 0.0
+        self.exp = None
 
 
 class Client:
-    def __init__(self, idx, h):
+    def __init__(self, idx, h, exp=None):
         self.idx = idx
         self.h = h
+        self.exp = exp
         self.fd = h.aio_get_fd()
         self.pending = {}
         self.closing = False
@@ -405,6 +411,35 @@ class Counters:
         return "%d (%s; %s)" % (total, by_kind, by_errno)
 
 
+class Export:
+    """One export of a soak configuration: its file, its model, the client's
+    range locks on it and the history of its changes (for diagnosis)."""
+
+    def __init__(self, name, path, data):
+        self.name = name          # export name (None: a single file, no name sent)
+        self.path = path
+        self.model = Model(data)
+        self.initial = bytes(data)   # for diagnosis only
+        self.size = len(data)
+        self.edges = []           # earlier ends of the export: requests gather around them
+        self.locks = {}           # seq -> (off, end, exclusive)
+        self.history = []         # (seq, conn, kind, off, n, result) of data-changing requests
+        self.hot = (0, 0)
+        self.file_checked = False
+
+    def label(self):
+        return "" if self.name is None else "export %s: " % self.name
+
+    def resize(self, size):
+        """The backing file and the model change size (no connection open)."""
+        old = self.size
+        os.truncate(self.path, size)
+        self.model.resize(size)
+        self.size = size
+        self.edges.append(min(old, size))
+        self.hot = (min(self.hot[0], size - 1), min(self.hot[1], size))
+
+
 class Soak:
     """One configuration of the fault soak."""
 
@@ -416,31 +451,29 @@ class Soak:
         self.c = Counters()
         self.failures = []       # loss/mismatch messages
         self.warnings = []
-        self.locks = {}          # seq -> (off, end, exclusive)
+        self.exports = []
         self.seq = 0
-        self.history = []        # (seq, conn, kind, off, n, result) of data-changing ops, for diagnosis
         self.drop_at = None      # --drop-write: time after which one write is left out of the model
         self.dropped = None
-        self.model = None
-        self.size = 0
-        self.old_size = 0
-        self.hot = (0, 0)
         self.peak_alloc = 0
         self.nconn = 0
         self.churn = ctx.churn   # mean seconds between two reconnects (0: none)
+        self.faults = {}
+        self.secs = 0
 
     # ---- ranges
-    def conflicts(self, off, end, excl):
-        for o, e, x in self.locks.values():
+    @staticmethod
+    def conflicts(exp, off, end, excl):
+        for o, e, x in exp.locks.values():
             if o < end and off < e and (excl or x):
                 return True
         return False
 
-    def pick_len(self, kind):
+    def pick_len(self, exp, kind):
         x = self.r.random()
         if kind == "block-status":
             if x < 0.02:
-                return self.size     # the whole export
+                return exp.size     # the whole export
             return self.r.choice([self.r.randint(1, 70000), self.r.randint(1, 2 * M), self.r.randint(M, 6 * M)])
         if x < 0.004 and kind != "cache":  # huge: write-back and plugin requests split at 32 MiB
             return self.r.randint(8 * M, 33 * M + 5)
@@ -452,25 +485,27 @@ class Soak:
             return self.r.randint(60000, 600000)
         return self.r.randint(500000, 3 * M + 1000)
 
-    def pick_range(self, kind):
-        x = self.r.random()
-        n = self.pick_len(kind)
+    def pick_range(self, exp, kind):
+        r, size = self.r, exp.size
+        x = r.random()
+        n = self.pick_len(exp, kind)
         if n >= 8 * M:
-            off = self.r.randrange(0, max(1, self.size - n)) if self.r.random() < 0.5 else self.r.randrange(self.size)
-            return off, max(1, min(n, self.size - off))
+            off = r.randrange(0, max(1, size - n)) if r.random() < 0.5 else r.randrange(size)
+            return off, max(1, min(n, size - off))
         if x < 0.35:          # hot: many requests on the same few blocks
-            lo, hi = self.hot
-        elif x < 0.55 and self.old_size:   # around the old end of the export, and past it
-            lo, hi = max(0, self.old_size - 2 * M), self.size
+            lo, hi = exp.hot
+        elif x < 0.55 and exp.edges:   # around an earlier end of the export, and past it
+            e = r.choice(exp.edges)
+            lo, hi = max(0, e - 2 * M), min(size, e + 4 * M)
         else:
-            lo, hi = 0, self.size
-        off = self.r.randrange(lo, hi)
-        n = max(1, min(n, self.size - off))
-        return off, n
+            lo, hi = 0, size
+        off = r.randrange(lo, hi)
+        return off, max(1, min(n, size - off))
 
     # ---- issuing
     def issue(self, cl):
         r = self.r
+        exp = cl.exp
         x = r.random()
         if x < 0.30:
             kind = "read"
@@ -497,19 +532,19 @@ class Soak:
             op = Op(kind, 0, 0)
             ck = h.aio_flush()
         elif kind == "cache":      # no lock: a cache request changes no data, and may race with writes
-            off, n = self.pick_range(kind)
+            off, n = self.pick_range(exp, kind)
             op = Op(kind, off, n)
             ck = h.aio_cache(n, off)
         else:
             excl = kind in ("write", "zero", "trim")
             for _ in range(4):
-                off, n = self.pick_range(kind)
-                if not self.conflicts(off, off + n, excl):
+                off, n = self.pick_range(exp, kind)
+                if not self.conflicts(exp, off, off + n, excl):
                     break
             else:
                 self.seq -= 1
                 return False
-            self.locks[seq] = (off, off + n, excl)
+            exp.locks[seq] = (off, off + n, excl)
             if kind == "read":
                 buf = bytearray(n)
                 op = Op(kind, off, n, buf=buf)
@@ -561,6 +596,7 @@ class Soak:
             op.locked = seq
         op.seq = seq
         op.conn = cl.idx
+        op.exp = exp
         op.t = time.monotonic()
         cl.pending[ck] = op
         return True
@@ -568,8 +604,10 @@ class Soak:
     # ---- completion
     def complete(self, op, e):
         kind = op.kind
+        exp = op.exp
+        model = exp.model
         if op.locked:
-            del self.locks[op.locked]
+            del exp.locks[op.locked]
         if e is not None:
             self.c.err[kind] += 1
             name = e.errno or str(e.errnum)
@@ -579,42 +617,45 @@ class Soak:
                 return
             if not self.cfg.get("faults", True):
                 # no plugin fault: a full cache directory is not the client's problem (SPEC 8)
-                msg = "%s %d+%d (request %d, connection %d) failed with no fault injected: %s" % (
-                    kind, op.off, op.n, op.seq, op.conn, e)
-                self.failures.append(msg)
-                if len(self.failures) <= 5:
-                    log("    ERROR " + msg)
+                self.fail("ERROR", "%s%s %d+%d (request %d, connection %d) failed with no fault injected: %s" % (
+                    exp.label(), kind, op.off, op.n, op.seq, op.conn, e))
             if kind in ("write", "zero"):
-                self.model.forget(op.off, op.n, UNKNOWN_FAILED)
-                self.history.append((op.seq, op.conn, kind, op.off, op.n, "failed " + name))
+                model.forget(op.off, op.n, UNKNOWN_FAILED)
+                exp.history.append((op.seq, op.conn, kind, op.off, op.n, "failed " + name))
             elif kind == "trim":
-                self.model.forget(op.off, op.n, UNKNOWN_TRIM)
-                self.history.append((op.seq, op.conn, kind, op.off, op.n, "failed " + name))
+                model.forget(op.off, op.n, UNKNOWN_TRIM)
+                exp.history.append((op.seq, op.conn, kind, op.off, op.n, "failed " + name))
             return
         self.c.ok[kind] += 1
         if kind == "read":
-            self.verify(op.off, op.buf, "read by connection %d (request %d)" % (op.conn, op.seq))
+            self.verify(exp, op.off, op.buf, "read by connection %d (request %d)" % (op.conn, op.seq))
         elif kind == "write":
             if self.drop_at is not None and self.dropped is None and time.monotonic() >= self.drop_at \
-                    and op.n >= 4096 and self.model.data[op.off:op.off + op.n] != op.data:
+                    and op.n >= 4096 and model.data[op.off:op.off + op.n] != op.data:
                 self.dropped = (op.off, op.n)
                 log("    self-test: left the acknowledged write %d+%d (request %d) out of the model"
                     % (op.off, op.n, op.seq))
             else:
-                self.model.write(op.off, op.data)
-            self.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
+                model.write(op.off, op.data)
+            exp.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
         elif kind == "zero":
-            self.model.zero(op.off, op.n)
-            self.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
+            model.zero(op.off, op.n)
+            exp.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
         elif kind == "trim":
-            self.model.forget(op.off, op.n, UNKNOWN_TRIM)
-            self.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
+            model.forget(op.off, op.n, UNKNOWN_TRIM)
+            exp.history.append((op.seq, op.conn, kind, op.off, op.n, "ok"))
         elif kind == "block-status":
             self.verify_extents(op)
 
-    def who_touched(self, off):
+    def fail(self, tag, msg):
+        self.failures.append(msg)
+        if len(self.failures) <= 5:
+            log("    %s %s" % (tag, msg))
+
+    @staticmethod
+    def who_touched(exp, off):
         found = []
-        for rec in reversed(self.history):
+        for rec in reversed(exp.history):
             if rec[3] <= off < rec[3] + rec[4]:
                 found.append("%s %d+%d by connection %d (request %d): %s" % (rec[2], rec[3], rec[4], rec[1],
                                                                              rec[0], rec[5]))
@@ -622,70 +663,66 @@ class Soak:
                     break
         return "; ".join(found) or "never written in this run"
 
-    def mismatch(self, what, off, exp, got, i):
-        run = diff_run(exp, got, i)
+    def mismatch(self, exp, what, off, want, got, i):
+        run = diff_run(want, got, i)
         a = off + i
         kind = ("zeroes" if not any(got[i:i + run]) else
-                "the file's initial content" if self.initial[a:a + run] == got[i:i + run] else "other data")
-        msg = ("%s: byte %d (%d bytes differ from there): expected %s, got %s (%s); last changes there: %s"
-               % (what, a, run, bytes(exp[i:i + 8]).hex(), bytes(got[i:i + 8]).hex(), kind, self.who_touched(a)))
-        self.failures.append(msg)
-        if len(self.failures) <= 5:
-            log("    MISMATCH " + msg)
+                "the file's initial content" if exp.initial[a:a + run] == got[i:i + run] else "other data")
+        self.fail("MISMATCH", "%s%s: byte %d (%d bytes differ from there): expected %s, got %s (%s); last changes "
+                  "there: %s" % (exp.label(), what, a, run, bytes(want[i:i + 8]).hex(), bytes(got[i:i + 8]).hex(),
+                                 kind, self.who_touched(exp, a)))
 
-    def verify(self, off, got, what):
+    def verify(self, exp, off, got, what):
         """Compare bytes read at off with the model where it knows them."""
         n = len(got)
-        model = self.model
+        model = exp.model
         runs = model.known_runs(off, off + n)
         for a, b in runs:
-            exp = model.data[a:b]
+            want = model.data[a:b]
             seg = got[a - off:b - off]
-            if seg != exp:
-                i = first_diff(exp, seg)
-                self.mismatch(what, a, exp, seg, i)
+            if seg != want:
+                self.mismatch(exp, what, a, want, seg, first_diff(want, seg))
                 return False
             self.c.bytes_verified += b - a
         self.c.bytes_unverified += n - sum(b - a for a, b in runs)
         return True
 
     def verify_extents(self, op):
+        exp = op.exp
         req_end = op.off + op.n
         for o, entries in op.extents:
             if o != op.off:
-                self.failures.append("block status %d+%d: extents start at %d" % (op.off, op.n, o))
+                self.fail("MISMATCH", "%sblock status %d+%d: extents start at %d" % (exp.label(), op.off, op.n, o))
             pos = o
             for i in range(0, len(entries), 2):
                 length, flags = entries[i], entries[i + 1]
                 a, b = max(pos, op.off), min(pos + length, req_end)
                 if flags & (nbd.STATE_HOLE | nbd.STATE_ZERO) and a < b:
                     self.c.extents_checked += 1
-                    for ka, kb in self.model.known_runs(a, b):
-                        seg = self.model.data[ka:kb]
+                    for ka, kb in exp.model.known_runs(a, b):
+                        seg = exp.model.data[ka:kb]
                         if seg.count(0) != kb - ka:
                             j = next(j for j in range(kb - ka) if seg[j])
                             what = "+".join(x for x, bit in (("hole", nbd.STATE_HOLE), ("zero", nbd.STATE_ZERO))
                                             if flags & bit)
-                            msg = ("block status (request %d, connection %d) reports %d..%d as %s, but the model "
-                                   "has data at %d (byte %02x); last changes there: %s"
-                                   % (op.seq, op.conn, pos, pos + length, what, ka + j, seg[j],
-                                      self.who_touched(ka + j)))
-                            self.failures.append(msg)
-                            if len(self.failures) <= 5:
-                                log("    MISMATCH " + msg)
+                            self.fail("MISMATCH", "%sblock status (request %d, connection %d) reports %d..%d as %s, "
+                                      "but the model has data at %d (byte %02x); last changes there: %s"
+                                      % (exp.label(), op.seq, op.conn, pos, pos + length, what, ka + j, seg[j],
+                                         self.who_touched(exp, ka + j)))
                             return
                 pos += length
 
     # ---- the load
-    def next_idx(self):
+    def connect(self, server, exp):
         self.nconn += 1
-        return self.nconn - 1
-
-    def connect_all(self, server, n):
-        return [Client(self.next_idx(), server.connect()) for _ in range(n)]
+        return Client(self.nconn - 1, server.connect(export=exp.name), exp)
 
     def run_load(self, server, seconds, conns, qd, events=(), last=False):
-        clients = self.connect_all(server, conns)
+        clients = [self.connect(server, self.exports[i % len(self.exports)]) for i in range(conns)]
+        for cl in clients:
+            if cl.h.get_size() != cl.exp.size:
+                self.fail("MISMATCH", "%sa new connection sees size %d, the file has %d"
+                          % (cl.exp.label(), cl.h.get_size(), cl.exp.size))
         byfd = {cl.fd: cl for cl in clients}
         start = time.monotonic()
         deadline = start + seconds
@@ -709,7 +746,7 @@ class Soak:
                     close_handle(cl.h)
                     del byfd[cl.fd]
                     self.c.reconnects += 1
-                    cl = clients[i] = Client(self.next_idx(), server.connect())
+                    cl = clients[i] = self.connect(server, self.r.choice(self.exports))
                     byfd[cl.fd] = cl
             if last and not issuing and self.ctx.drop_write and self.drop_at is None:
                 # self-test: once no more requests are sent, the next write to
@@ -767,12 +804,12 @@ class Soak:
         return time.monotonic() - start
 
     # ---- the whole configuration
-    def nbdkit_args(self, disk, faults_file, ff_so):
+    def nbdkit_args(self, plugin_args, faults_file, ff_so):
         cfg = self.cfg
         e1, e2 = ("EIO", "ENOSPC") if self.r.random() < 0.5 else ("ENOSPC", "EIO")
         fault = "%d%%" % cfg.get("fault_pct", 10)
-        args = ["--filter=" + self.ctx.filter, "--filter=error", "--filter=" + ff_so, "--filter=delay",
-                "file", disk, "cache=" + cfg["mode"], "cache-min-block-size=" + cfg["bs"]]
+        args = ["--filter=" + self.ctx.filter, "--filter=error", "--filter=" + ff_so, "--filter=delay"]
+        args += plugin_args + ["cache=" + cfg["mode"], "cache-min-block-size=" + cfg["bs"]]
         if cfg.get("max"):
             args.append("cache-max-size=" + cfg["max"])
         if cfg.get("cor"):
@@ -816,16 +853,24 @@ class Soak:
         t0 = time.monotonic()
         d = os.path.join(ctx.tmp, self.name)
         os.mkdir(d)
-        disk = os.path.join(d, "disk.img")
         faults = os.path.join(d, "faults-on")
-        size0 = cfg.get("size0", 24 * M + 12345)
-        size1 = cfg.get("size1", 40 * M + 777)
-        self.initial = self.make_disk(disk, size0)
-        self.model = Model(self.initial)
-        self.initial = bytes(self.initial) + bytes(size1 - size0)
-        self.size = size0
-        self.hot = (self.r.randrange(0, size0 - 3 * M), 0)
-        self.hot = (self.hot[0], self.hot[0] + 2 * M + 4321)
+        nexp = cfg.get("exports", 1)
+        # sizes that are multiples of no block size; several exports get different sizes
+        sizes0 = [cfg.get("size0", 24 * M + 12345) - i * (5 * M + 999) for i in range(nexp)]
+        if nexp == 1:
+            path = os.path.join(d, "disk.img")
+            self.exports = [Export(None, path, self.make_disk(path, sizes0[0]))]
+            plugin = ["file", path]
+        else:
+            edir = os.path.join(d, "exports")
+            os.mkdir(edir)
+            for i in range(nexp):
+                path = os.path.join(edir, "e%d" % i)
+                self.exports.append(Export("e%d" % i, path, self.make_disk(path, sizes0[i])))
+            plugin = ["file", "dir=" + edir]
+        for exp in self.exports:
+            h0 = self.r.randrange(0, exp.size - 3 * M)
+            exp.hot = (h0, h0 + 2 * M + 4321)
         if cfg.get("faults", True):
             open(faults, "w").close()
         # the cache directory
@@ -841,7 +886,7 @@ class Soak:
                 subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=" + ("64M" if tmpfs == "squeeze"
                                                                                   else tmpfs),
                                        "tmpfs", cachedir])
-        server = Server(ctx, self.name, self.nbdkit_args(disk, faults, ctx.flushfault), tmpdir=cachedir)
+        server = Server(ctx, self.name, self.nbdkit_args(plugin, faults, ctx.flushfault), tmpdir=cachedir)
         secs = cfg["seconds"]
 
         def squeeze():
@@ -860,23 +905,30 @@ class Soak:
             if os.path.exists(ballast):
                 os.unlink(ballast)
                 log("    cache directory released")
+
+        def resize(what, delta):
+            for exp in self.exports:
+                exp.resize(exp.size + delta)
+            log("    %s the files with no connection open: %s" % (
+                what, ", ".join(fmt_bytes(exp.size) for exp in self.exports)))
+        # the phases: (share of the time, resize before it)
+        if cfg.get("resize", "grow") == "shrink-grow":
+            phases = [(0.35, None), (0.3, ("shrank", -(5 * M + 4321))), (0.35, ("grew", 21 * M + 4321 - 3456))]
+        else:
+            phases = [(0.4, None), (0.6, ("grew", 16 * M + 777 - 12345))]
         conns, qd = cfg.get("conns", ctx.conns), cfg.get("qd", ctx.qd)
         completed = False
         try:
-            # phase A: the original size
-            ta = self.run_load(server, secs * 0.4, conns, qd)
-            log("    phase A: %.1f s, %d ops" % (ta, self.c.ops()))
-            # grow the file with no connection open; new connections see the new size
-            os.truncate(disk, size1)
-            self.model.grow(size1)
-            self.old_size, self.size = size0, size1
-            events = []
-            if tmpfs == "squeeze":
-                events = [(0.0, squeeze), (secs * 0.6 * 0.6, unsqueeze)]
-            tb = self.run_load(server, secs * 0.6, conns, qd, events, last=True)
-            log("    phase B: %.1f s, %d ops" % (tb, self.c.ops()))
+            for i, (share, rs) in enumerate(phases):
+                if rs:
+                    resize(*rs)
+                last = i == len(phases) - 1
+                events = [(0.0, squeeze), (secs * share * 0.6, unsqueeze)] if last and tmpfs == "squeeze" else []
+                t = self.run_load(server, secs * share, conns, qd, events, last=last)
+                log("    phase %s: %.1f s, %d ops" % ("ABC"[i], t, self.c.ops()))
             unsqueeze()
-            self.final_check(server, disk)
+            for exp in self.exports:
+                self.final_check(server, exp)
             completed = True
         finally:
             if not completed and server.alive():
@@ -897,7 +949,6 @@ class Soak:
         dl = [x for x in text.splitlines() if "exiting with" in x and "dirty" in x]
         if cfg["mode"] != "unsafe" and dl:
             self.failures.append("nbdkit exited with dirty blocks after a successful final flush: %s" % dl[0])
-        self.faults = {}
         for m in INJECT_PATTERN.finditer(text):
             key = "%s %s" % (m.group(2), m.group(1))
             self.faults[key] = self.faults.get(key, 0) + 1
@@ -906,11 +957,11 @@ class Soak:
         self.secs = time.monotonic() - t0
         self.summary()
 
-    def final_check(self, server, disk):
+    def final_check(self, server, exp):
         faults = os.path.join(self.ctx.tmp, self.name, "faults-on")
         if os.path.exists(faults):
             os.unlink(faults)
-        h = server.connect()
+        h = server.connect(export=exp.name)
         flushed = False
         for attempt in range(5):
             try:
@@ -918,81 +969,83 @@ class Soak:
                 flushed = True
                 break
             except nbd.Error as e:
-                self.warnings.append("final flush attempt %d failed: %s" % (attempt + 1, e))
+                self.warnings.append("%sfinal flush attempt %d failed: %s" % (exp.label(), attempt + 1, e))
         if not flushed:
-            self.failures.append("the final flush failed 5 times with faults off")
-        size = self.model.size
+            self.failures.append("%sthe final flush failed 5 times with faults off" % exp.label())
+        size = exp.model.size
         if h.get_size() != size:
-            self.failures.append("export size %d, expected %d" % (h.get_size(), size))
+            self.failures.append("%sexport size %d, expected %d" % (exp.label(), h.get_size(), size))
         image = bytearray()
         for off in range(0, size, 4 * M):
             image += h.pread(min(4 * M, size - off), off)
-        before = len(self.failures)
-        self.verify(0, image, "final read-back")
+        self.verify(exp, 0, image, "final read-back")
         h.shutdown()
         close_handle(h)
-        self.final_read_ok = len(self.failures) == before
-        self.file_checked = False
         if self.cfg["mode"] == "unsafe":
             return
-        with open(disk, "rb") as f:
+        with open(exp.path, "rb") as f:
             cur = f.read()
-        self.file_checked = True
+        exp.file_checked = True
         if len(cur) != size:
-            self.failures.append("backing file size %d, expected %d" % (len(cur), size))
+            self.failures.append("%sbacking file size %d, expected %d" % (exp.label(), len(cur), size))
             return
         # known bytes: the file must equal the model
+        model = exp.model
         lost = 0
         first = None
-        for a, b in self.model.known_runs(0, size):
-            if cur[a:b] != self.model.data[a:b]:
-                exp, got = self.model.data[a:b], cur[a:b]
-                i = first_diff(exp, got)
+        for a, b in model.known_runs(0, size):
+            if cur[a:b] != model.data[a:b]:
+                want, got = model.data[a:b], cur[a:b]
+                i = first_diff(want, got)
                 while i is not None:
-                    run = diff_run(exp, got, i)
+                    run = diff_run(want, got, i)
                     if first is None:
-                        first = (a, exp, got, i)
+                        first = (a, want, got, i)
                     lost += run
                     j = i + run
-                    i = None if exp[j:] == got[j:] else j + first_diff(exp[j:], got[j:])
+                    i = None if want[j:] == got[j:] else j + first_diff(want[j:], got[j:])
         if lost:
-            a, exp, got, i = first
-            self.mismatch("backing file after the final flush (%d bytes differ in all)" % lost, a, exp, got, i)
+            a, want, got, i = first
+            self.mismatch(exp, "backing file after the final flush (%d bytes differ in all)" % lost, a, want, got, i)
         # unknown bytes: after a flush the plugin must hold what the filter serves
         incoherent = {UNKNOWN_FAILED: 0, UNKNOWN_TRIM: 0}
         where = {}
-        for a, b in self.model.unknown_runs(0, size):
+        for a, b in model.unknown_runs(0, size):
             if cur[a:b] != image[a:b]:
                 for x in range(a, b):
                     if cur[x] != image[x]:
-                        incoherent[self.model.mask[x]] = incoherent.get(self.model.mask[x], 0) + 1
-                        where.setdefault(self.model.mask[x], x)
+                        incoherent[model.mask[x]] = incoherent.get(model.mask[x], 0) + 1
+                        where.setdefault(model.mask[x], x)
         if incoherent[UNKNOWN_FAILED]:
             x = where[UNKNOWN_FAILED]
-            self.failures.append("after the flush the filter serves other bytes than the file holds in a range of "
-                                 "a failed write: %d bytes, first at %d (file %02x, served %02x); last changes there: "
-                                 "%s" % (incoherent[UNKNOWN_FAILED], x, cur[x], image[x], self.who_touched(x)))
+            self.failures.append("%safter the flush the filter serves other bytes than the file holds in a range "
+                                 "of a failed write: %d bytes, first at %d (file %02x, served %02x); last changes "
+                                 "there: %s" % (exp.label(), incoherent[UNKNOWN_FAILED], x, cur[x], image[x],
+                                                self.who_touched(exp, x)))
         if incoherent[UNKNOWN_TRIM]:
             x = where[UNKNOWN_TRIM]
-            self.warnings.append("after the flush the filter serves other bytes than the file holds in trimmed "
+            self.warnings.append("%safter the flush the filter serves other bytes than the file holds in trimmed "
                                  "ranges: %d bytes, first at %d (file %02x, served %02x)"
-                                 % (incoherent[UNKNOWN_TRIM], x, cur[x], image[x]))
-        self.c.bytes_verified += size - sum(b - a for a, b in self.model.unknown_runs(0, size))
+                                 % (exp.label(), incoherent[UNKNOWN_TRIM], x, cur[x], image[x]))
+        self.c.bytes_verified += size - sum(b - a for a, b in model.unknown_runs(0, size))
 
     def summary(self):
         cfg = self.cfg
         faults = sum(self.faults.values())
         fl = ", ".join("%s %d" % kv for kv in sorted(self.faults.items()))
-        unknown = sum(b - a for a, b in self.model.unknown_runs(0, self.model.size))
-        lost = "%d lost" % len(self.failures) if self.failures else "0 lost"
+        unknown = sum(b - a for exp in self.exports for a, b in exp.model.unknown_runs(0, exp.model.size))
+        total = sum(exp.model.size for exp in self.exports)
+        lost = "%d mismatches" % len(self.failures) if self.failures else "0 lost"
         log("  %s: %.0f s, %s" % (self.name, self.secs, self.c.line()))
         log("    faults injected %d (%s); client errors %s; FAST_ZERO refused %d" % (
             faults, fl or "none", self.c.err_line(), self.c.fast_zero_enotsup))
         log("    bytes verified %s (reads and final image%s), %s of reads unknown (failed writes, trims), %d "
-            "block-status extents checked, max %d requests in flight; at the end %s of %s unknown; %s"
-            % (fmt_bytes(self.c.bytes_verified), " and backing file" if self.file_checked else "",
+            "block-status extents checked, max %d requests in flight; at the end %s of %s%s unknown; %s"
+            % (fmt_bytes(self.c.bytes_verified),
+               " and backing file" if all(exp.file_checked for exp in self.exports) else "",
                fmt_bytes(self.c.bytes_unverified), self.c.extents_checked, self.c.max_inflight,
-               fmt_bytes(unknown), fmt_bytes(self.model.size), lost))
+               fmt_bytes(unknown), fmt_bytes(total),
+               " (%d exports)" % len(self.exports) if len(self.exports) > 1 else "", lost))
         log("    cache file allocation: peak %s seen (sampled 4 times a second; cache-max-size %s, cache directory %s)"
             % (fmt_bytes(self.peak_alloc), cfg.get("max") or "unset",
                {None: "a plain directory", "squeeze": "a 64M tmpfs, nearly full for part of the run"}.get(
@@ -1377,7 +1430,8 @@ def resources(ctx, n_total, name="resources", export_names=False, strict=True):
 # ----------------------------------------------------------------- main
 FULL_SOAK = [
     # mode, bs, max, cache dir (None: a plain directory; "squeeze": a 64M tmpfs nearly filled by a ballast
-    # file for part of the second phase; "3M": a 3 MiB tmpfs), cache-on-read[, faults]
+    # file for part of the last phase; "3M": a 3 MiB tmpfs), cache-on-read[, options: faults (default True),
+    # exports (default 1), resize ("grow", the default, or "shrink-grow")]
     ("writeback", "4K", "2M", None, False),
     ("writeback", "1M", "4M", "squeeze", True),
     ("writeback", "4K", None, "squeeze", True),
@@ -1391,8 +1445,14 @@ FULL_SOAK = [
     ("unsafe", "4K", None, "squeeze", False),
     ("unsafe", "1M", None, "3M", True),
     # no faults: then no request may fail at all, however full the cache directory (SPEC 8)
-    ("writeback", "64K", None, "2M", True, False),
-    ("unsafe", "4K", "2M", "squeeze", True, False),
+    ("writeback", "64K", None, "2M", True, {"faults": False}),
+    ("unsafe", "4K", "2M", "squeeze", True, {"faults": False}),
+    # beyond the brief: three exports of different sizes (file dir=) sharing one cache-max-size,
+    # and a file that shrinks (no connection open) before it grows
+    ("writeback", "64K", "3M", None, True, {"exports": 3}),
+    ("writethrough", "4K", "2M", "squeeze", False, {"exports": 3, "resize": "shrink-grow"}),
+    ("writeback", "4K", None, None, False, {"resize": "shrink-grow"}),
+    ("unsafe", "64K", "2M", None, True, {"exports": 3, "resize": "shrink-grow"}),
 ]
 QUICK_SOAK = [
     ("writeback", "4K", "2M", "squeeze", True),
@@ -1415,12 +1475,15 @@ QUICK_CRASH = [
 
 def soak_configs(table, seconds):
     out = []
-    for mode, bs, mx, tmpfs, cor, *faults in table:
-        name = "%s-%s-%s%s%s" % (mode, bs, "max" + mx if mx else "nomax",
-                                 "-squeezed" if tmpfs == "squeeze" else "-tmpfs" + tmpfs if tmpfs else "",
-                                 "-cor" if cor else "") + ("-nofaults" if faults == [False] else "")
-        out.append(dict(name=name, mode=mode, bs=bs, max=mx, tmpfs=tmpfs, cor=cor, seconds=seconds,
-                        faults=faults != [False]))
+    for mode, bs, mx, tmpfs, cor, *extra in table:
+        opts = dict(extra[0]) if extra else {}
+        opts.setdefault("faults", True)
+        name = "%s-%s-%s%s%s%s%s%s" % (
+            mode, bs, "max" + mx if mx else "nomax",
+            "-squeezed" if tmpfs == "squeeze" else "-tmpfs" + tmpfs if tmpfs else "", "-cor" if cor else "",
+            "-%dexports" % opts["exports"] if opts.get("exports", 1) > 1 else "",
+            "-shrink" if opts.get("resize") == "shrink-grow" else "", "" if opts["faults"] else "-nofaults")
+        out.append(dict(opts, name=name, mode=mode, bs=bs, max=mx, tmpfs=tmpfs, cor=cor, seconds=seconds))
     return out
 
 
@@ -1467,9 +1530,10 @@ def main():
     ap.add_argument("--strict-export-names", action="store_true")
     ap.add_argument("--no-faults", action="store_true", help="soak: no error injection")
     ap.add_argument("--fault-pct", type=int, default=10, help="soak: %% of plugin calls failed (default 10)")
-    ap.add_argument("--custom", action="append", default=[], metavar="MODE:BS:MAX:DIR:COR",
+    ap.add_argument("--custom", action="append", default=[], metavar="MODE:BS:MAX:DIR:COR[:OPTS]",
                     help="soak: a configuration of one's own instead of the table, e.g. writeback:1M:1M:3M:1 "
-                    "(MAX '-' for none; DIR '-', 'squeeze' or a tmpfs size; COR 0/1); repeatable")
+                    "(MAX '-' for none; DIR '-', 'squeeze' or a tmpfs size; COR 0/1; OPTS e.g. "
+                    "exports=3,resize=shrink-grow,faults=0); repeatable")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
 
@@ -1518,8 +1582,12 @@ def main():
             if a.custom:
                 table = []
                 for spec in a.custom:
-                    mode, bs, mx, dr, cor = spec.split(":")
-                    table.append((mode, bs, None if mx == "-" else mx, None if dr == "-" else dr, cor == "1"))
+                    mode, bs, mx, dr, cor, *more = spec.split(":")
+                    opts = {}
+                    for kv in (more[0].split(",") if more else []):
+                        k, v = kv.split("=")
+                        opts[k] = int(v) if k == "exports" else v != "0" if k == "faults" else v
+                    table.append((mode, bs, None if mx == "-" else mx, None if dr == "-" else dr, cor == "1", opts))
             cfgs = [c for c in soak_configs(table, secs) if wanted(c["name"])]
             log("soak: %d configurations, %d connections x %d requests in flight, %s, delays read 2 ms / write 3 ms"
                 % (len(cfgs), a.conns, a.qd, "no faults" if a.no_faults else
