@@ -5,7 +5,8 @@
 # name (memory plugin, which serves one disk under any name;
 # cache-min-block-size=4K), each doing write, read-back, zero, trim, cache,
 # block status and flush in its own 8 KiB region (700 one after another,
-# 300 on 6 threads at once), after a warm-up of 50 names.  Then
+# 300 on 6 threads at once), after a warm-up of 50 connections under one
+# name (so the baseline holds one export cache).  Then
 #  - nbdkit's open fds must be at most 70 above the baseline (the filter
 #    caps the number of export caches it keeps open),
 #  - RSS at most 64 MiB above it,
