@@ -16,6 +16,8 @@
 # not see a loss.
 # Needs root for the tmpfs (private mount namespace); without it the cache
 # directories are plain directories.
+# EXPECTED TO FAIL against nbdkit's C cache filter: its block status calls
+# unflushed data a hole, its reclaim drops dirty blocks.
 set -euo pipefail
 . "$(dirname "$0")/mount-namespace.sh"
 . "$(dirname "$0")/lib.sh"
