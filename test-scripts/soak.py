@@ -810,7 +810,11 @@ class Soak:
         e1, e2 = ("EIO", "ENOSPC") if self.r.random() < 0.5 else ("ENOSPC", "EIO")
         fault = "%d%%" % cfg.get("fault_pct", 10)
         args = ["--filter=" + self.ctx.filter, "--filter=error", "--filter=" + ff_so, "--filter=delay"]
+        if cfg.get("serialize"):    # a thread model other than parallel under the filter
+            args[1:1] = ["--filter=noparallel"]
         args += plugin_args + ["cache=" + cfg["mode"], "cache-min-block-size=" + cfg["bs"]]
+        if cfg.get("serialize"):
+            args.append("serialize=" + cfg["serialize"])
         if cfg.get("max"):
             args.append("cache-max-size=" + cfg["max"])
         if cfg.get("cor"):
@@ -1484,7 +1488,8 @@ def soak_configs(table, seconds):
             mode, bs, "max" + mx if mx else "nomax",
             "-squeezed" if tmpfs == "squeeze" else "-tmpfs" + tmpfs if tmpfs else "", "-cor" if cor else "",
             "-%dexports" % opts["exports"] if opts.get("exports", 1) > 1 else "",
-            "-shrink" if opts.get("resize") == "shrink-grow" else "", "" if opts["faults"] else "-nofaults")
+            "-shrink" if opts.get("resize") == "shrink-grow" else "", "" if opts["faults"] else "-nofaults") + (
+            "-serialize-" + opts["serialize"] if opts.get("serialize") else "")
         out.append(dict(opts, name=name, mode=mode, bs=bs, max=mx, tmpfs=tmpfs, cor=cor, seconds=seconds))
     return out
 
@@ -1535,7 +1540,7 @@ def main():
     ap.add_argument("--custom", action="append", default=[], metavar="MODE:BS:MAX:DIR:COR[:OPTS]",
                     help="soak: a configuration of one's own instead of the table, e.g. writeback:1M:1M:3M:1 "
                     "(MAX '-' for none; DIR '-', 'squeeze' or a tmpfs size; COR 0/1; OPTS e.g. "
-                    "exports=3,resize=shrink-grow,faults=0); repeatable")
+                    "exports=3,resize=shrink-grow,faults=0,serialize=requests|all-requests); repeatable")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
 
