@@ -83,6 +83,7 @@ import errno
 import os
 import random
 import re
+import resource
 import select
 import shutil
 import signal
@@ -109,6 +110,42 @@ INJECT_PATTERN = re.compile(r"injecting (\w+) error into (\w+)")
 
 UNKNOWN_FAILED = 1   # a write or zero that failed: old or new content
 UNKNOWN_TRIM = 2     # a trim (successful or not): anything
+
+
+class BufferPool:
+    """Buffers for aio_pread/aio_pwrite.  libnbd 1.14's Python binding never
+    releases the buffer object of an aio_pread/aio_pwrite (every request's
+    buffer stayed alive: the full soak reached 24 GB and was OOM-killed), so
+    the data goes through reused bytearrays (one per power-of-two size class
+    and request in flight) and only a small memoryview object leaks per
+    request."""
+
+    def __init__(self):
+        self.free = {}
+
+    def get(self, n):
+        size = max(4096, 1 << (n - 1).bit_length())
+        lst = self.free.setdefault(size, [])
+        return lst.pop() if lst else bytearray(size)
+
+    def reader(self, n):
+        """(bytearray to give back with put, memoryview of n bytes to read into)"""
+        ba = self.get(n)
+        return ba, memoryview(ba)[:n]
+
+    def writer(self, data):
+        """(bytearray to give back with put, memoryview holding a copy of data)"""
+        n = len(data)
+        ba = self.get(n)
+        ba[:n] = data
+        return ba, memoryview(ba)[:n]
+
+    def put(self, ba):
+        if ba is not None:
+            self.free[len(ba)].append(ba)
+
+
+POOL = BufferPool()
 
 
 class SoakError(Exception):
@@ -338,7 +375,8 @@ def diff_run(a, b, i, limit=1 << 20):
 
 # ----------------------------------------------------------------- soak
 class Op:
-    __slots__ = ("kind", "off", "n", "buf", "flags", "data", "extents", "seq", "conn", "locked", "t", "exp")
+    __slots__ = ("kind", "off", "n", "buf", "flags", "data", "extents", "seq", "conn", "locked", "t", "exp",
+                 "pooled")
 
     def __init__(self, kind, off, n, flags=0, buf=None, data=None, locked=None):
         self.kind, self.off, self.n, self.flags = kind, off, n, flags
@@ -347,6 +385,7 @@ class Op:
         self.seq = self.conn = 0
         self.t = 0.0
         self.exp = None
+        self.pooled = None        # the BufferPool bytearray behind buf (read) or a copy of data (write)
 
 
 class Client:
@@ -547,8 +586,9 @@ class Soak:
                 return False
             exp.locks[seq] = (off, off + n, excl)
             if kind == "read":
-                buf = bytearray(n)
+                ba, buf = POOL.reader(n)
                 op = Op(kind, off, n, buf=buf)
+                op.pooled = ba
                 ck = h.aio_pread(nbd.Buffer.from_buffer(buf), off)
             elif kind == "write":
                 y = r.random()
@@ -564,7 +604,8 @@ class Soak:
                     flags |= nbd.CMD_FLAG_FUA
                     self.c.fua += 1
                 op = Op(kind, off, n, flags=flags, data=data)
-                ck = h.aio_pwrite(nbd.Buffer.from_buffer(data), off, flags=flags)
+                op.pooled, mv = POOL.writer(data)
+                ck = h.aio_pwrite(nbd.Buffer.from_buffer(mv), off, flags=flags)
             elif kind == "zero":
                 flags = 0
                 if r.random() < 0.5:
@@ -791,6 +832,7 @@ class Soak:
                     except nbd.Error as e:
                         err = e
                     self.complete(op, err)
+                    POOL.put(op.pooled)
             if now - last_alive > 0.25:
                 last_alive = now
                 server.check_alive()
@@ -1167,9 +1209,9 @@ class Crash:
                     busy.add(s)
                     o, n = self.slots[s]
                     if x < 0.25:
-                        buf = bytearray(n)
+                        ba, buf = POOL.reader(n)
                         ck = cl.h.aio_pread(nbd.Buffer.from_buffer(buf), o)
-                        cl.pending[ck] = ("read", s, acked[s], buf)
+                        cl.pending[ck] = ("read", s, acked[s], buf, ba)
                         st["reads"] += 1
                         continue
                     g = issued[s] + 1
@@ -1179,8 +1221,9 @@ class Crash:
                     if r.random() < fua_rate and cl.can_fua:
                         flags = nbd.CMD_FLAG_FUA
                         st["fua"] += 1
-                    ck = cl.h.aio_pwrite(nbd.Buffer.from_buffer(data), o, flags=flags)
-                    cl.pending[ck] = ("write", s, g, flags)
+                    ba, mv = POOL.writer(data)
+                    ck = cl.h.aio_pwrite(nbd.Buffer.from_buffer(mv), o, flags=flags)
+                    cl.pending[ck] = ("write", s, g, flags, ba)
                     st["writes"] += 1
             p = select.poll()
             for cl in clients:
@@ -1221,7 +1264,9 @@ class Crash:
                         if ok and op[3] != self.content(rnd, s, op[2]):
                             self.failures.append("round %d: slot %d read back wrong (generation %d expected)"
                                                  % (rnd, s, op[2]))
+                        POOL.put(op[4])
                         continue
+                    POOL.put(op[4])
                     if ok:
                         g = op[2]
                         acked[s] = g
@@ -1643,7 +1688,8 @@ def main():
         log("soak total: %s" % total.line())
         log("  faults injected %d; client errors %s; bytes verified %s; max %d requests in flight"
             % (total_faults, total.err_line(), fmt_bytes(total.bytes_verified), total.max_inflight))
-    log("soak: %.0f s in all" % (time.monotonic() - t0))
+    log("soak: %.0f s in all; the soak's own peak RSS %.0f MiB" % (
+        time.monotonic() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     if crashed:
         log("soak: FAILED (nbdkit crashed or the soak could not run): %s" % crashed)
         return 2
