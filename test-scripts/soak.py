@@ -706,13 +706,16 @@ class Soak:
         return "; ".join(found) or "never written in this run"
 
     def mismatch(self, exp, what, off, want, got, i):
-        run = diff_run(want, got, i)
+        w = min(len(want) - i, 65536)
+        diff = [j for j in range(i, i + w) if want[j] != got[j]]
+        last = diff[-1] + 1
         a = off + i
-        kind = ("zeroes" if not any(got[i:i + run]) else
-                "the file's initial content" if exp.initial[a:a + run] == got[i:i + run] else "other data")
-        self.fail("MISMATCH", "%s%s: byte %d (%d bytes differ from there): expected %s, got %s (%s); last changes "
-                  "there: %s" % (exp.label(), what, a, run, bytes(want[i:i + 8]).hex(), bytes(got[i:i + 8]).hex(),
-                                 kind, self.who_touched(exp, a)))
+        kind = ("zeroes" if not any(got[i:last]) else
+                "the file's initial content" if exp.initial[a:off + last] == got[i:last] else "other data")
+        self.fail("MISMATCH", "%s%s: byte %d: expected %s, got %s (%s; %d of the next %d bytes differ, the last at "
+                  "%d); last changes there: %s" % (exp.label(), what, a, bytes(want[i:i + 8]).hex(),
+                                                   bytes(got[i:i + 8]).hex(), kind, len(diff), w, off + last - 1,
+                                                   self.who_touched(exp, a)))
 
     def verify(self, exp, off, got, what):
         """Compare bytes read at off with the model where it knows them."""
