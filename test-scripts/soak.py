@@ -673,7 +673,8 @@ class Soak:
             self.verify(exp, op.off, op.buf, "read by connection %d (request %d)" % (op.conn, op.seq))
         elif kind == "write":
             if self.drop_at is not None and self.dropped is None and time.monotonic() >= self.drop_at \
-                    and op.n >= 4096 and model.data[op.off:op.off + op.n] != op.data:
+                    and op.n >= 4096 and model.data[op.off:op.off + op.n] != op.data \
+                    and model.mask.count(0, op.off, op.off + op.n) == op.n:   # all known: the loss must show
                 self.dropped = (op.off, op.n)
                 log("    self-test: left the acknowledged write %d+%d (request %d) out of the model"
                     % (op.off, op.n, op.seq))
