@@ -7,6 +7,7 @@
 #   make check    unit tests + nbdkit tests + lint, one closing "N passed, M failed" line
 #   make lint     swift-format (the toolchain's) with .swift-format, strict; no output when clean
 #   make bench    C cache filter vs swiftcache, side by side (not part of check)
+#   make soak     fault soak, crash/restart, resource bounds (a few minutes; not part of check)
 #   make install  the filter into nbdkit's filterdir, the man page into $(MANDIR)/man1 (DESTDIR honoured)
 #   make deb      Debian package ./swiftcache_VERSION_ARCH.deb (dpkg-buildpackage), checked by lintian
 
@@ -81,6 +82,12 @@ lint:
 
 bench: deps $(SO)
 	./bench/run
+
+# The fault soak, crash/restart and resource checks of issue 10 (a few minutes; not part of check,
+# which runs the short test-soak.sh). SOAK_ARGS='--seconds 30 --seed 7' etc. go to test-scripts/soak.py.
+.PHONY: soak
+soak: deps $(SO)
+	/usr/bin/python3 test-scripts/soak.py --filter ./$(SO) $(SOAK_ARGS)
 
 FILTERDIR = $(shell nbdkit --dump-config 2>/dev/null | sed -n 's/^filterdir=//p')
 # Stripped (-s): the symbol table only helps a debugger; nbdkit needs the
