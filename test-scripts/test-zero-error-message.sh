@@ -7,7 +7,7 @@
 # zero in cache=writeback (both go through to the plugin at once), must
 # fail with ENOSPC and nbdkit's log must say "plugin zero", not "plugin
 # write" (there was no write).
-# FOUND BY THE SOAK (issue 10), FAILS TODAY: the log says "swiftcache:
+# FOUND BY THE SOAK (issue 10), fixed (Payload.request): the log said "swiftcache:
 # plugin write of 70000 bytes at 1000: No space left on device" right after
 # the error filter's "injecting ENOSPC error into zero".
 set -euo pipefail

@@ -11,6 +11,9 @@ enum Payload {
         if case .zeroes = self { true } else { false }
     }
 
+    /// What the plugin is asked to do with it, for messages: "write" or "zero".
+    var request: String { isZeroes ? "zero" : "write" }
+
     var count: UInt64 {
         switch self {
         case .data(let bytes): UInt64(bytes.count)

@@ -211,7 +211,7 @@ extension Engine {
         do {
             try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
         } catch {
-            throw CacheError(error, "plugin write of \(span.count) bytes at \(span.lowerBound)")
+            throw CacheError(error, "plugin \(payload.request) of \(span.count) bytes at \(span.lowerBound)")
         }
     }
 
@@ -289,7 +289,8 @@ extension Engine {
         // what the cache has; the rest read from the plugin again.
         if let error = pluginError.withLock({ $0 }) {
             blocks.drop(stored.filter { [.clean, .notCached, .zero].contains(stateBefore($0)) }, in: held)
-            throw CacheError(error, "plugin write of \(payload.count) bytes at \(write.request.lowerBound)")
+            let request = "plugin \(payload.request) of \(payload.count) bytes at \(write.request.lowerBound)"
+            throw CacheError(error, request)
         }
         // A failed cache file is not the client's problem: the plugin has the
         // write, and the cache forgets what it held of those bytes.
