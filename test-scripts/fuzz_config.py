@@ -701,8 +701,11 @@ def run_case(cfg, i):
 def name_in(name, line):
     if name.startswith(b"cache"):
         return re.search(rb"(^|[^a-z-])" + re.escape(name) + rb"($|[= ):])", line) is not None
-    # A path is shown as the UTF-8 it decodes to, bytes that are not UTF-8 as U+FFFD.
-    return name in line or name.decode("utf-8", "replace").encode() in line
+    # A path is shown as the UTF-8 it decodes to, bytes that are not UTF-8 as U+FFFD, and
+    # normalized as a FilePath is (no repeated or trailing slashes).
+    normal = re.sub(rb"/+", b"/", name)
+    normal = normal.rstrip(b"/") or normal
+    return any(n in line or n.decode("utf-8", "replace").encode() in line for n in (name, normal))
 
 
 # ------------------------------------------------------------------ the probe (--run)
