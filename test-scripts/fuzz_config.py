@@ -489,7 +489,7 @@ def stats_path_ok(S, v):
 
 def path_exists(p):
     try:
-        return os.path.exists(p)
+        return os.path.exists(re.sub(rb"/+", b"/", p))     # taken as a FilePath: repeated slashes are one
     except (OSError, ValueError):
         return False
 
@@ -535,6 +535,7 @@ def oracle(S, args, tmpdir):
         return ("reject", "low %d >= high %d" % (m["low"], m["high"]),
                 [b"cache-low-threshold", b"cache-high-threshold"])
     d = b"/var/tmp" if tmpdir is UNSET or tmpdir == b"" else tmpdir     # empty TMPDIR is unset
+    d = re.sub(rb"/+", b"/", d)              # taken as a FilePath: repeated slashes are one
     if d != b"" and not can_make_file_in(d if d.startswith(b"/") else S + b"/" + d):
         return ("reject", "TMPDIR=%s" % show(d), [d])
     if m["stats"] is not None and not stats_path_ok(S, m["stats"]):
