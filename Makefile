@@ -107,7 +107,7 @@ fuzz:
 	$(FUZZ_BUILD)
 	@mkdir -p fuzz/corpus fuzz/crashes
 	SWIFT_BACKTRACE=enable=no "$$($(FUZZ_BUILD) --show-bin-path)/SwiftCacheFuzz" fuzz/corpus \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=60 -print_final_stats=1 -print_funcs=0 \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=300 -print_final_stats=1 -print_funcs=0 \
 	    -artifact_prefix=fuzz/crashes/ $(FUZZ_FLAGS) \
 	|| { echo "make fuzz: a failing input is in fuzz/crashes/ (fuzz/README.md says what next)" >&2; exit 1; }
 
