@@ -26,6 +26,8 @@ struct FuzzConfig: CustomStringConvertible {
     var capacity: UInt64
     var content: Content
     var seed: UInt64
+    /// A second export (its own plugin, 2/3 the size), sharing cache-max-size.
+    var twoExports: Bool
 
     init(_ r: inout FuzzReader) {
         let b = r.byte()
@@ -33,6 +35,7 @@ struct FuzzConfig: CustomStringConvertible {
         onRead = [OnRead.never, .always, .whileFlagExists][Int(b / 3 % 3)]
         tmpfs = b / 9 % 2 == 1
         content = [Content.random, .zeroes, .mixed][Int(b / 18 % 3)]
+        twoExports = b / 54 % 2 == 1
         minBlockSize = 4096 << r.below(9)  // 4K ... 1M
         let m = r.byte()
         maxSize = [nil, nil, 1 << 20, 2 << 20][Int(m % 4)]
@@ -61,7 +64,7 @@ struct FuzzConfig: CustomStringConvertible {
     }
 
     /// The plugin's bytes at the start.
-    func disk() -> [UInt8] {
+    func disk(seed: UInt64) -> [UInt8] {
         switch content {
         case .random: return randomBytes(Int(capacity), seed: seed)
         case .zeroes: return Array(repeating: 0, count: Int(capacity))
@@ -86,5 +89,6 @@ struct FuzzConfig: CustomStringConvertible {
         return "cache=\(mode) block=\(minBlockSize) \(max) cache-on-read=\(onRead) "
             + "\(tmpfs ? "tmpfs" : "disk") | plugin zero=\(canZero) flush=\(canFlush) fua=\(fuaMode) "
             + "min=\(minimumRequest) max=\(maximumRequest) | size=\(size) of \(capacity), \(content) seed \(seed)"
+            + (twoExports ? " | two exports" : "")
     }
 }

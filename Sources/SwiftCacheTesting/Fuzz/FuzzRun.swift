@@ -13,10 +13,11 @@ struct FuzzFailure: Error {
     let message: String
 }
 
-/// One fuzz case: an engine over an in-memory plugin and a cache file that
-/// fails on demand, driven by the requests the input decodes to, one at a
-/// time on this thread (so a case always runs the same), and checked
-/// against a `ReferenceModel` after every request (see fuzz/README.md).
+/// One fuzz case: an engine (or two, for two exports that share
+/// cache-max-size) over an in-memory plugin and a cache file that fails on
+/// demand, driven by the requests the input decodes to, one at a time on
+/// this thread (so a case always runs the same), and checked against a
+/// `ReferenceModel` after every request (see fuzz/README.md).
 final class FuzzRun {
     /// One nbdkit connection: its view of the plugin, and whether it wrote
     /// since its last flush (what `Engine.connectionClosing` keys on).
@@ -34,25 +35,71 @@ final class FuzzRun {
         var storageOther: Int
     }
 
+    /// One export: its cache, plugin, cache file, model and connections.
+    private final class Export {
+        let name: String
+        let engine: Engine
+        let disk: MemoryBackend
+        let storage: FaultyStorage
+        var model: ReferenceModel
+        var clients: [Client] = []
+        /// The size a new connection sees, and the one the cache last took.
+        var pluginSize: UInt64
+        var cacheSize: UInt64 = 0
+        /// The end of the furthest byte any request touched since the export
+        /// last shrank below it: past it the cache holds nothing.
+        var highWater: UInt64 = 0
+
+        init(
+            name: String, config: FuzzConfig, cacheConfig: CacheConfig, directory: String, budget: CacheBudget,
+            seed: UInt64, size: UInt64
+        ) throws {
+            self.name = name
+            storage = try FaultyStorage(directory: directory)
+            engine = try Engine(config: cacheConfig, file: storage, budget: budget)
+            let bytes = config.disk(seed: seed)
+            disk = MemoryBackend(
+                bytes: bytes, canFlush: config.canFlush, canZero: config.canZero, fuaMode: config.fuaMode,
+                minimumRequest: config.minimumRequest, maximumRequest: config.maximumRequest)
+            model = ReferenceModel(bytes)
+            pluginSize = size
+        }
+    }
+
     private let config: FuzzConfig
-    private let engine: Engine
-    private let disk: MemoryBackend
-    private let storage: FaultyStorage
-    private var model: ReferenceModel
-    private var clients: [Client] = []
+    private let exports: [Export]
+    /// The export the request being decoded is for; the properties below are its.
+    private var current: Export
+    private var engine: Engine { current.engine }
+    private var disk: MemoryBackend { current.disk }
+    private var storage: FaultyStorage { current.storage }
+    private var model: ReferenceModel {
+        _read { yield current.model }
+        _modify { yield &current.model }
+    }
+    private var clients: [Client] {
+        _read { yield current.clients }
+        _modify { yield &current.clients }
+    }
+    private var pluginSize: UInt64 {
+        get { current.pluginSize }
+        set { current.pluginSize = newValue }
+    }
+    private var cacheSize: UInt64 {
+        get { current.cacheSize }
+        set { current.cacheSize = newValue }
+    }
+    private var highWater: UInt64 {
+        get { current.highWater }
+        set { current.highWater = newValue }
+    }
     private var everyConnection: [Connection] = []
     private var nextClient = 0
-    /// The size a new connection sees, and the one the cache last took.
-    private var pluginSize: UInt64
-    private var cacheSize: UInt64 = 0
-    /// The end of the furthest byte any request touched since the export
-    /// last shrank below it: past it the cache holds nothing.
-    private var highWater: UInt64 = 0
     private let flagPath: String
     private let onTmpfs: Bool
     private var trace: [String]?
     private var step = 0
-    /// The cache file's largest allocated size seen while the engine called the plugin.
+    /// The cache files' largest allocated size (together) seen while an engine called the plugin.
     private let peak = Locked<UInt64>(0)
 
     private static let maxClients = 4
@@ -82,22 +129,31 @@ final class FuzzRun {
         case .always: cacheConfig.cacheOnRead = .always
         case .whileFlagExists: cacheConfig.cacheOnRead = .whilePathExists(flagPath)
         }
-        storage = try FaultyStorage(directory: directory)
-        engine = try Engine(config: cacheConfig, file: storage)
-        let bytes = config.disk()
-        disk = MemoryBackend(
-            bytes: bytes, canFlush: config.canFlush, canZero: config.canZero, fuaMode: config.fuaMode,
-            minimumRequest: config.minimumRequest, maximumRequest: config.maximumRequest)
-        model = ReferenceModel(bytes)
-        pluginSize = config.size
+        let budget = CacheBudget()
+        var exports = [
+            try Export(
+                name: "a", config: config, cacheConfig: cacheConfig, directory: directory, budget: budget,
+                seed: config.seed, size: config.size)
+        ]
+        if config.twoExports {
+            let align = config.minimumRequest
+            exports.append(
+                try Export(
+                    name: "b", config: config, cacheConfig: cacheConfig, directory: directory, budget: budget,
+                    seed: config.seed + 1, size: max(align, config.size / 3 * 2 / align * align)))
+        }
+        self.exports = exports
+        current = exports[0]
         if config.maxSize != nil {
-            let (storage, peak) = (storage, peak)
+            let (storages, peak) = (exports.map(\.storage), peak)
             let sample: @Sendable (Req) -> Void = { _ in
-                let now = storage.allocatedBytes()
+                let now = storages.reduce(0) { $0 + $1.allocatedBytes() }
                 peak.withLock { $0 = max($0, now) }
             }
-            disk.setOnRead(sample)
-            disk.setOnWrite(sample)
+            for export in exports {
+                export.disk.setOnRead(sample)
+                export.disk.setOnWrite(sample)
+            }
         }
     }
 
@@ -108,17 +164,27 @@ final class FuzzRun {
 
     func run(_ r: inout FuzzReader) throws(FuzzFailure) {
         defer {
-            disk.setOnRead(nil)
-            disk.setOnWrite(nil)
+            for export in exports {
+                export.disk.setOnRead(nil)
+                export.disk.setOnWrite(nil)
+            }
         }
         note("config: \(config)")
-        try open(readOnly: false)
+        for export in exports {
+            current = export
+            try open(readOnly: false)
+        }
         while !r.isAtEnd && step < FuzzRun.maxSteps {
             step += 1
+            // With two exports, each request says which it is for.
+            current = exports.count > 1 ? exports[Int(r.byte() & 1)] : exports[0]
             try request(&r)
             try checkInvariants()
         }
-        try finish()
+        for export in exports {
+            current = export
+            try finish()
+        }
     }
 
     // MARK: Requests
@@ -565,22 +631,25 @@ final class FuzzRun {
     private func checkInvariants() throws(FuzzFailure) {
         if let maxSize = config.maxSize {
             // SPEC §4: the allocated size never passes the high threshold by
-            // more than one block per request in flight. Exact on tmpfs (a
-            // disk file system may allocate metadata too), and only while
-            // the cache file never failed (a hole it could not punch stays).
+            // more than one block per request in flight, every export's
+            // cache together (§8). Exact on tmpfs (a disk file system may
+            // allocate metadata too), and only while no cache file failed (a
+            // hole it could not punch stays).
             let limit = maxSize * config.highThreshold / 100 + engine.blockSize
-            if onTmpfs && storage.totalFailures == 0 {
-                let allocated = max(peak.withLock { $0 }, storage.allocatedBytes())
+            if onTmpfs && exports.allSatisfy({ $0.storage.totalFailures == 0 }) {
+                let now = exports.reduce(0) { $0 + $1.storage.allocatedBytes() }
+                let allocated = max(peak.withLock { $0 }, now)
                 if allocated > limit {
-                    throw fail("the cache file's allocated size reached \(allocated), over \(limit)")
+                    throw fail("the cache files' allocated size reached \(allocated), over \(limit)")
                 }
             }
-            if FuzzRun.checkCount && engine.cachedBytes > limit {
-                throw fail("cachedBytes reached \(engine.cachedBytes), over \(limit)")
+            let counted = exports.reduce(0) { $0 + $1.engine.cachedBytes }
+            if FuzzRun.checkCount && counted > limit {
+                throw fail("cachedBytes reached \(counted), over \(limit)")
             }
             peak.withLock { $0 = 0 }
         }
-        if let violation = disk.violations.first
+        if let violation = exports.lazy.compactMap({ $0.disk.violations.first }).first
             ?? everyConnection.lazy.compactMap({ $0.violations.withLock { $0.first } }).first
         {
             throw fail("a request nbdkit would refuse: \(violation)")
@@ -620,7 +689,9 @@ final class FuzzRun {
     private func touch(_ range: Range<UInt64>) { highWater = max(highWater, range.upperBound) }
 
     private func note(_ line: @autoclosure () -> String) {
-        if trace != nil { trace!.append(step == 0 ? line() : "#\(step) \(line())") }
+        guard trace != nil else { return }
+        let export = exports.count > 1 ? "\(current.name): " : ""
+        trace!.append(step == 0 ? export + line() : "#\(step) \(export)\(line())")
     }
 
     private func fail(_ message: String) -> FuzzFailure {
