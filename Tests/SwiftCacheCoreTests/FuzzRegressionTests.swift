@@ -122,4 +122,26 @@ final class KnownDefectTests: EngineTestCase {
         model.replaceSubrange(Int(MiB) - 500..<Int(MiB) + 500, with: data)
         assertBytes(try e.readBytes(0, 2 * MiB, disk), model)
     }
+
+    /// Known defect 4, with the file's allocated size: a write that finds no
+    /// room over a block of dirty zeroes it covers in part sends its bytes to
+    /// the plugin and keeps the block's other zeroes as a partial block, which
+    /// counts without a reservation; a read then completes the block from the
+    /// plugin, and the cache file holds 1 MiB where 10% of 2 MiB plus one
+    /// 512 KiB block is the most it may.
+    func testAReadOfABlockAWriteWithNoRoomLeftPartialKeepsToTheLimit() throws {
+        let block: UInt64 = 512 << 10
+        let disk = MemoryBackend(size: 2 * MiB, seed: 1)
+        let e = try makeEngine(disk, mode: .writeback, maxSize: 2 * MiB, minBlockSize: block) {
+            $0.highThreshold = 10
+            $0.lowThreshold = 5
+        }
+        let limit = 2 * MiB / 10 + block
+        try e.zero(count: 2 * MiB, at: 0, fua: false, mayTrim: false, fastZero: false, backend: disk)
+        try e.writeBytes(randomBytes(100, seed: 2), at: 3 * block + 10, disk)  // block 3 takes room
+        try e.writeBytes(randomBytes(Int(block) - 980, seed: 3), at: 2 * block + 1000, disk)  // no room for block 2
+        XCTAssertLessThanOrEqual(e.cachedBytes, limit, "counted")
+        _ = try e.readBytes(0, 2 * MiB, disk)
+        XCTAssertLessThanOrEqual(e.allocatedBytes, limit, "allocated")
+    }
 }

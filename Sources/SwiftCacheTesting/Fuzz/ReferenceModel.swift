@@ -127,18 +127,26 @@ struct ReferenceModel {
     /// The first known byte of `range` that is not zero and that `plugin`
     /// (bytes from `offset`) does not hold: data only the cache has.
     func firstCacheOnlyData(_ plugin: [UInt8], from offset: Int, in range: Range<Int>) -> Int? {
-        for (part, known) in pieces(range) where known {
-            var at = part.lowerBound
-            while at < part.upperBound {
-                // Runs where the two agree go by memcmp; bytes that differ one at a time.
-                let rest = at..<part.upperBound
-                let differs = plugin.withUnsafeBytes { firstDifference(rest, $0.baseAddress! + (at - offset)) }
-                guard let differs else { break }
-                if bytes[differs] != 0 { return differs }
-                at = differs + 1
+        bytes.withUnsafeBytes { model in
+            plugin.withUnsafeBytes { theirs in
+                for (part, known) in pieces(range) where known {
+                    // By pages: one where the model is all zeroes, or the two
+                    // agree, goes by memcmp; the others byte by byte.
+                    var at = part.lowerBound
+                    while at < part.upperBound {
+                        let n = min(part.upperBound - at, 4096)
+                        let mine = model.baseAddress! + at, other = theirs.baseAddress! + (at - offset)
+                        if memcmp(mine, zeroPage, n) != 0 && memcmp(mine, other, n) != 0 {
+                            for i in 0..<n where model[at + i] != 0 && model[at + i] != theirs[at + i - offset] {
+                                return at + i
+                            }
+                        }
+                        at += n
+                    }
+                }
+                return nil
             }
         }
-        return nil
     }
 
     /// The first byte of `range` where the model and `other` (bytes from
