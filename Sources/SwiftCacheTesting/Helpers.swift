@@ -71,8 +71,8 @@ public func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
 }
 
 /// A fresh directory under /tmp (mkdtemp), for one test's cache file.
-public func makeTemporaryDirectory(in parent: String = "/tmp") throws -> String {
-    var template = Array("\(parent)/swiftcache-test.XXXXXX".utf8CString)
+public func makeTemporaryDirectory(in parent: String = "/tmp", prefix: String = "swiftcache-test") throws -> String {
+    var template = Array("\(parent)/\(prefix).XXXXXX".utf8CString)
     let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
     guard made != nil else { throw Errno(rawValue: errno) }
     return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -17,7 +17,8 @@ public struct FuzzDirectories: Sendable {
     /// Fresh directories under /tmp and /dev/shm (none on tmpfs if /dev/shm is missing).
     public static func make() throws -> FuzzDirectories {
         FuzzDirectories(
-            disk: try makeTemporaryDirectory(), tmpfs: try? makeTemporaryDirectory(in: "/dev/shm"))
+            disk: try makeTemporaryDirectory(prefix: "swiftcache-fuzz"),
+            tmpfs: try? makeTemporaryDirectory(in: "/dev/shm", prefix: "swiftcache-fuzz"))
     }
 
     public func remove() {
@@ -88,9 +89,15 @@ public func swiftcacheFuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CIn
         let (failure, steps) = FuzzCase.trace(input, in: directories)
         for line in steps { print(line) }
         fflush(nil)
-        if let failure { fatalError("swiftcache fuzz case failed: \(failure)") }
+        if let failure {
+            directories.remove()  // a trap skips atexit
+            fatalError("swiftcache fuzz case failed: \(failure)")
+        }
         return 0
     }
-    if let failure = FuzzCase.run(input, in: directories) { fatalError(failure) }
+    if let failure = FuzzCase.run(input, in: directories) {
+        directories.remove()
+        fatalError(failure)
+    }
     return 0
 }
