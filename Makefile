@@ -10,6 +10,7 @@
 #   make soak     fault soak, crash/restart, resource bounds (a few minutes; not part of check)
 #   make install  the filter into nbdkit's filterdir, the man page into $(MANDIR)/man1 (DESTDIR honoured)
 #   make deb      Debian package ./swiftcache_VERSION_ARCH.deb (dpkg-buildpackage), checked by lintian
+#   make fuzz     libFuzzer on the core's request engine for FUZZ_SECONDS (fuzz/README.md; not part of check)
 
 SWIFT_BUILD = swift build -c release -Xswiftc -static-stdlib --disable-local-rpath
 SO          = libswiftcache.so
@@ -116,3 +117,21 @@ deb: deps
 
 clean:
 	rm -rf .build $(SO) $(MAN) $(MAN).tmp
+
+# libFuzzer on the core's request engine against a reference model (fuzz/README.md).
+# New inputs go to fuzz/corpus (only its seed-* files are in git); an input that
+# fails is saved in fuzz/crashes/: copy it to fuzz/regressions/ (swift test replays those).
+FUZZ_SECONDS ?= 120
+FUZZ_FLAGS   ?=
+# (lld: gold warns about every ASan symbol.)
+FUZZ_BUILD    = swift build -c release --scratch-path .build/fuzz --product SwiftCacheFuzz \
+                -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld -Xcc -DSWIFTCACHE_LIBFUZZER
+.PHONY: fuzz
+fuzz:
+	$(FUZZ_BUILD)
+	@mkdir -p fuzz/corpus fuzz/crashes
+	SWIFT_BACKTRACE=enable=no "$$($(FUZZ_BUILD) --show-bin-path)/SwiftCacheFuzz" fuzz/corpus \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=300 -print_final_stats=1 -print_funcs=0 \
+	    -artifact_prefix=fuzz/crashes/ $(FUZZ_FLAGS) \
+	|| { echo "make fuzz: a failing input is in fuzz/crashes/ (fuzz/README.md says what next)" >&2; exit 1; }
+

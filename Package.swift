@@ -44,9 +44,22 @@ let package = Package(
                 ])
             ]
         ),
+        // What the unit tests and the fuzzer drive the core with: an in-memory
+        // plugin, a cache file that fails on demand, and the fuzzer's decoder and
+        // reference model (fuzz/README.md). Not part of the filter.
+        .target(
+            name: "SwiftCacheTesting",
+            dependencies: ["SwiftCacheCore", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // libFuzzer's entry point, in C so that libFuzzer's main is the program's
+        // (`make fuzz` builds it with -sanitize=fuzzer); built otherwise, it
+        // replays the inputs named on its command line.
+        .executableTarget(name: "SwiftCacheFuzz", dependencies: ["SwiftCacheTesting"]),
         .testTarget(
             name: "SwiftCacheCoreTests",
-            dependencies: ["SwiftCacheCore", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "SwiftCacheCore", "SwiftCacheTesting", .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
     ]
 )

@@ -1,4 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
+// The in-memory plugin, the fault-injecting cache file and the helpers every
+// test uses live in SwiftCacheTesting (shared with the fuzzer); exported here
+// so that each test file sees them.
+@_exported import SwiftCacheTesting
 import SystemPackage
 import XCTest
 
@@ -121,4 +125,45 @@ func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         thread.start()
     }
     done.wait()
+}
+
+// MARK: - Engine conveniences for tests
+
+extension Engine {
+    func readBytes(_ offset: UInt64, _ count: some BinaryInteger, _ backend: some Backend) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0xA5, count: Int(count))
+        try out.withUnsafeMutableBytes { buffer in
+            try read(into: buffer, at: offset, backend: backend)
+        }
+        return out
+    }
+
+    func writeBytes(_ data: [UInt8], at offset: UInt64, fua: Bool = false, _ backend: some Backend) throws {
+        try data.withUnsafeBytes { buffer in
+            try write(buffer, at: offset, fua: fua, backend: backend)
+        }
+    }
+
+    func states(_ blocks: Range<UInt64>) -> [BlockState] {
+        blocks.map { state(ofBlock: $0) }
+    }
+
+    /// The byte ranges a partial block holds (offsets within the block), nil
+    /// for any other block.
+    func held(_ block: UInt64) -> [Range<UInt32>]? { blocks.held(block)?.ranges }
+
+    /// How many partial blocks the cache keeps.
+    var partialBlockCount: Int { blocks.partialBlockCount }
+
+    /// Whether a request holds `block` locked.
+    func isLocked(_ block: UInt64) -> Bool { blocks.state.withLock { $0.locks.isLocked(block) } }
+
+    /// The cache file's allocated bytes.
+    var allocatedBytes: UInt64 { blocks.storage.allocatedBytes() }
+
+    /// A new connection opens and sees the export at `size` bytes.
+    func reopen(_ b: MemoryBackend, size: UInt64) throws {
+        b.setSize(size)
+        try setExportSize(size)
+    }
 }

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SwiftCacheCore
 import SystemPackage
 
-@testable import SwiftCacheCore
-
 /// The kinds of call the block layer makes to its cache file (`CacheStorage`).
-enum StorageCall: CaseIterable, Hashable, CustomStringConvertible {
+public enum StorageCall: CaseIterable, Hashable, Sendable, CustomStringConvertible {
     case read, write, zero, discard, resize
 
-    var description: String {
+    public var description: String {
         switch self {
         case .read: "read"
         case .write: "write"
@@ -19,7 +18,7 @@ enum StorageCall: CaseIterable, Hashable, CustomStringConvertible {
 }
 
 /// Which calls of one kind fail.
-enum FaultTrigger: Equatable, CustomStringConvertible {
+public enum FaultTrigger: Equatable, Sendable, CustomStringConvertible {
     /// The next `count` calls, once `skip` calls have gone through.
     case next(Int, after: Int = 0)
     /// Every call.
@@ -29,7 +28,7 @@ enum FaultTrigger: Equatable, CustomStringConvertible {
     /// Calls whose byte range overlaps this one (a resize covers 0..<its size).
     case overlapping(Range<UInt64>)
 
-    var description: String {
+    public var description: String {
         switch self {
         case .next(let count, let skip): skip == 0 ? "the next \(count)" : "the next \(count) after \(skip)"
         case .always: "every call"
@@ -40,23 +39,23 @@ enum FaultTrigger: Equatable, CustomStringConvertible {
 }
 
 /// A fault armed for one kind of call.
-struct StorageFault: CustomStringConvertible {
-    var trigger: FaultTrigger
-    var errno: Errno
+public struct StorageFault: Sendable, CustomStringConvertible {
+    public var trigger: FaultTrigger
+    public var errno: Errno
     /// A failing write, zero or discard first does the first half of its job
     /// (a short write, then the error); a failing read first fills the buffer
     /// with half the file's bytes and garbage. A resize cannot tear.
-    var torn: Bool
+    public var torn: Bool
 
-    var description: String { "\(trigger) fail with \(errno)\(torn ? ", torn" : "")" }
+    public var description: String { "\(trigger) fail with \(errno)\(torn ? ", torn" : "")" }
 }
 
 /// A `CacheStorage` over a real `CacheFile` that fails calls on demand, per
-/// kind of call, and counts them. Thread-safe: the core's pthread `Lock`,
-/// which the thread sanitizer sees (it cannot see `Synchronization.Mutex`).
-final class FaultyStorage: CacheStorage {
-    let file: CacheFile
-    private let state = Lock<State>(State())
+/// kind of call, and counts them. Thread-safe: a pthread lock, which the
+/// thread sanitizer sees (it cannot see `Synchronization.Mutex`).
+public final class FaultyStorage: CacheStorage {
+    public let file: CacheFile
+    private let state = PthreadLock<State>(State())
 
     private struct State {
         var faults: [StorageCall: StorageFault] = [:]
@@ -68,14 +67,14 @@ final class FaultyStorage: CacheStorage {
     }
 
     /// A cache file in `directory` (the test's temporary directory).
-    init(directory: String) throws {
+    public init(directory: String) throws {
         file = try CacheFile(directory: FilePath(directory))
     }
 
     // MARK: Control and counts
 
     /// Arms a fault for each of `kinds`, replacing what was armed for them.
-    func fail(
+    public func fail(
         _ kinds: [StorageCall], _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
         torn: Bool = false
     ) {
@@ -87,7 +86,7 @@ final class FaultyStorage: CacheStorage {
         }
     }
 
-    func fail(
+    public func fail(
         _ kind: StorageCall, _ trigger: FaultTrigger = .next(1), with errno: Errno = .noSpace,
         torn: Bool = false
     ) {
@@ -95,17 +94,17 @@ final class FaultyStorage: CacheStorage {
     }
 
     /// Disarms every fault (counts stay).
-    func clearFaults() { state.withLock { $0.faults = [:] } }
+    public func clearFaults() { state.withLock { $0.faults = [:] } }
 
     /// Calls of `kind` made so far, failed ones included.
-    func calls(_ kind: StorageCall) -> Int { state.withLock { $0.calls[kind, default: 0] } }
+    public func calls(_ kind: StorageCall) -> Int { state.withLock { $0.calls[kind, default: 0] } }
 
     /// Calls of `kind` that failed.
-    func failures(_ kind: StorageCall) -> Int { state.withLock { $0.failures[kind, default: 0] } }
+    public func failures(_ kind: StorageCall) -> Int { state.withLock { $0.failures[kind, default: 0] } }
 
-    var totalFailures: Int { state.withLock { $0.failures.values.reduce(0, +) } }
+    public var totalFailures: Int { state.withLock { $0.failures.values.reduce(0, +) } }
 
-    func resetCounts() {
+    public func resetCounts() {
         state.withLock { s in
             s.calls = [:]
             s.failures = [:]
@@ -144,9 +143,9 @@ final class FaultyStorage: CacheStorage {
 
     // MARK: CacheStorage
 
-    var fileSystemBlockSize: UInt64 { file.fileSystemBlockSize }
+    public var fileSystemBlockSize: UInt64 { file.fileSystemBlockSize }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(CacheError) {
         let range = offset..<offset + UInt64(buffer.count)
         guard let fault = fault(.read, range) else { return try file.read(into: buffer, at: offset) }
         if fault.torn {
@@ -157,7 +156,7 @@ final class FaultyStorage: CacheStorage {
         throw injected(fault, .read, range)
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(CacheError) {
         let range = offset..<offset + UInt64(buffer.count)
         guard let fault = fault(.write, range) else { return try file.write(buffer, at: offset) }
         let half = buffer.count / 2
@@ -165,24 +164,24 @@ final class FaultyStorage: CacheStorage {
         throw injected(fault, .write, range)
     }
 
-    func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
+    public func zero(at offset: UInt64, length: UInt64) throws(CacheError) {
         let range = offset..<offset + length
         guard let fault = fault(.zero, range) else { return try file.zero(at: offset, length: length) }
         if fault.torn && length / 2 > 0 { try? file.zero(at: offset, length: length / 2) }
         throw injected(fault, .zero, range)
     }
 
-    func discard(at offset: UInt64, length: UInt64) throws(CacheError) {
+    public func discard(at offset: UInt64, length: UInt64) throws(CacheError) {
         let range = offset..<offset + length
         guard let fault = fault(.discard, range) else { return try file.discard(at: offset, length: length) }
         if fault.torn && length / 2 > 0 { try? file.discard(at: offset, length: length / 2) }
         throw injected(fault, .discard, range)
     }
 
-    func resize(to size: UInt64) throws(CacheError) {
+    public func resize(to size: UInt64) throws(CacheError) {
         guard let fault = fault(.resize, 0..<size) else { return try file.resize(to: size) }
         throw injected(fault, .resize, 0..<size)
     }
 
-    func allocatedBytes() -> UInt64 { file.allocatedBytes() }
+    public func allocatedBytes() -> UInt64 { file.allocatedBytes() }
 }

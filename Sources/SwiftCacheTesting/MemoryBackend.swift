@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
+import SwiftCacheCore
 import SystemPackage
-
-@testable import SwiftCacheCore
 
 #if canImport(Glibc)
 import Glibc
@@ -10,55 +9,59 @@ import Musl
 #endif
 
 /// One request as the backend received it.
-struct Req: Hashable, Comparable, CustomStringConvertible {
-    var offset: UInt64
-    var length: UInt64
-    var fua: Bool
+public struct Req: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var offset: UInt64
+    public var length: UInt64
+    public var fua: Bool
 
-    init(_ offset: UInt64, _ length: UInt64, fua: Bool = false) {
+    public init(_ offset: UInt64, _ length: UInt64, fua: Bool = false) {
         self.offset = offset
         self.length = length
         self.fua = fua
     }
 
-    static func < (a: Req, b: Req) -> Bool {
+    public static func < (a: Req, b: Req) -> Bool {
         (a.offset, a.length, a.fua ? 1 : 0) < (b.offset, b.length, b.fua ? 1 : 0)
     }
 
-    var description: String { "(\(offset), \(length)\(fua ? ", fua" : ""))" }
+    public var description: String { "(\(offset), \(length)\(fua ? ", fua" : ""))" }
 }
 
 /// What reached the backend. Only successful requests are counted in
 /// `reads`/`writes`/... and logged; failed (injected) ones are counted apart.
-struct BackendStats: Equatable {
-    var reads = 0, readBytes: UInt64 = 0
-    var writes = 0, writeBytes: UInt64 = 0
-    var zeros = 0, zeroBytes: UInt64 = 0
+public struct BackendStats: Equatable, Sendable {
+    public var reads = 0, readBytes: UInt64 = 0
+    public var writes = 0, writeBytes: UInt64 = 0
+    public var zeros = 0, zeroBytes: UInt64 = 0
     /// Zero requests that allowed the plugin to punch a hole (MAY_TRIM).
-    var zeroesMayTrim = 0
-    var trims = 0, trimBytes: UInt64 = 0
-    var flushes = 0
-    var extentsCalls = 0
-    var failedReads = 0, failedWrites = 0, failedFlushes = 0
-    var readLog: [Req] = []
-    var writeLog: [Req] = []
-    var zeroLog: [Req] = []
-    var trimLog: [Req] = []
+    public var zeroesMayTrim = 0
+    public var trims = 0, trimBytes: UInt64 = 0
+    public var flushes = 0
+    public var extentsCalls = 0
+    public var failedReads = 0, failedWrites = 0, failedFlushes = 0
+    public var readLog: [Req] = []
+    public var writeLog: [Req] = []
+    public var zeroLog: [Req] = []
+    public var trimLog: [Req] = []
+
+    public init() {}
 }
 
 /// Error injection.
-struct Faults {
-    var failReads = 0
-    var readError: Errno = .ioError
-    var failWrites = 0
-    var writeError: Errno = .ioError
-    var failFlushes = 0
-    var flushError: Errno = .ioError
+public struct Faults: Sendable {
+    public var failReads = 0
+    public var readError: Errno = .ioError
+    public var failWrites = 0
+    public var writeError: Errno = .ioError
+    public var failFlushes = 0
+    public var flushError: Errno = .ioError
     /// Writes (and zeroes and trims) touching this byte range fail and change nothing.
-    var failWriteRange: Range<UInt64>?
-    var writeRangeError: Errno = .ioError
+    public var failWriteRange: Range<UInt64>?
+    public var writeRangeError: Errno = .ioError
     /// A failing write first stores its first half (a plugin may fail part way).
-    var tornWrites = false
+    public var tornWrites = false
+
+    public init() {}
 }
 
 /// An in-memory disk standing in for the plugin (nbdkit's `next`).
@@ -67,14 +70,17 @@ struct Faults {
 /// errors, and records *violations*: calls that nbdkit would refuse or that
 /// break the rules of SPEC §7 (out-of-range requests, writes when it cannot
 /// write, FUA when it has none, zero when it cannot zero, flush when it cannot
-/// flush, requests over 64 MiB). Every test checks that there are none.
-final class MemoryBackend: Backend, Sendable {
-    let canWrite: Bool
-    let canFlush: Bool
-    let canZero: Bool
-    let fuaMode: FUAMode
+/// flush, requests over 64 MiB or the plugin's maximum). Every test checks
+/// that there are none.
+public final class MemoryBackend: Backend, Sendable {
+    public let canWrite: Bool
+    public let canFlush: Bool
+    public let canZero: Bool
+    public let fuaMode: FUAMode
     /// Writes must be aligned to this (nbdkit's block size minimum).
-    let minimumRequest: UInt64
+    public let minimumRequest: UInt64
+    /// Reads and writes must be at most this long (nbdkit's block size maximum).
+    public let maximumRequest: UInt64
 
     private struct State {
         var disk: [UInt8]
@@ -90,71 +96,78 @@ final class MemoryBackend: Backend, Sendable {
         var extentsAnswer: (@Sendable (_ count: UInt64, _ offset: UInt64, _ onlyOne: Bool) -> [Extent])?
     }
 
-    // The core's pthread lock rather than Synchronization.Mutex, whose
-    // futex the thread sanitizer cannot see.
-    private let state: Lock<State>
+    // A pthread lock rather than Synchronization.Mutex, whose futex the
+    // thread sanitizer cannot see.
+    private let state: PthreadLock<State>
 
-    init(
+    public init(
         bytes: [UInt8], canWrite: Bool = true, canFlush: Bool = true, canZero: Bool = true,
-        fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1
+        fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1, maximumRequest: UInt64 = Engine.maxTransfer
     ) {
         self.minimumRequest = minimumRequest
+        self.maximumRequest = maximumRequest
         self.canWrite = canWrite
         self.canFlush = canFlush
         self.canZero = canZero
         self.fuaMode = fuaMode
-        state = Lock(State(disk: bytes, size: UInt64(bytes.count)))
+        state = PthreadLock(State(disk: bytes, size: UInt64(bytes.count)))
     }
 
     /// A disk of `size` pseudo-random bytes.
-    convenience init(
+    public convenience init(
         size: UInt64, seed: UInt64, canWrite: Bool = true, canFlush: Bool = true,
-        canZero: Bool = true, fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1
+        canZero: Bool = true, fuaMode: FUAMode = .native, minimumRequest: UInt64 = 1,
+        maximumRequest: UInt64 = Engine.maxTransfer
     ) {
         self.init(
             bytes: randomBytes(Int(size), seed: seed), canWrite: canWrite, canFlush: canFlush,
-            canZero: canZero, fuaMode: fuaMode, minimumRequest: minimumRequest)
+            canZero: canZero, fuaMode: fuaMode, minimumRequest: minimumRequest, maximumRequest: maximumRequest)
     }
 
     // MARK: Inspection and control
 
-    var stats: BackendStats { state.withLock { $0.stats } }
+    public var stats: BackendStats { state.withLock { $0.stats } }
+    /// Requests that failed by injection (`failedReads`, `failedWrites` and
+    /// `failedFlushes` together), without copying the logs.
+    public var failedCalls: Int {
+        state.withLock { $0.stats.failedReads + $0.stats.failedWrites + $0.stats.failedFlushes }
+    }
     /// The export's size as this connection sees it.
-    var size: UInt64 { state.withLock { $0.size } }
+    public var size: UInt64 { state.withLock { $0.size } }
     /// The plugin's export now has `size` bytes, as a new connection sees it
     /// (the disk keeps its bytes; reads past its end are violations).
-    func setSize(_ size: UInt64) { state.withLock { $0.size = size } }
-    var violations: [String] { state.withLock { $0.violations } }
-    var allBytes: [UInt8] { state.withLock { $0.disk } }
+    public func setSize(_ size: UInt64) { state.withLock { $0.size = size } }
+    public var violations: [String] { state.withLock { $0.violations } }
+    public var allBytes: [UInt8] { state.withLock { $0.disk } }
 
-    func bytes(_ offset: UInt64, _ count: some BinaryInteger) -> [UInt8] {
+    public func bytes(_ offset: UInt64, _ count: some BinaryInteger) -> [UInt8] {
         let count = Int(count)
         return state.withLock { Array($0.disk[Int(offset)..<Int(offset) + count]) }
     }
 
-    func resetStats() { state.withLock { $0.stats = BackendStats() } }
+    public func resetStats() { state.withLock { $0.stats = BackendStats() } }
 
-    func setFaults(_ change: (inout Faults) -> Void) { state.withLock { change(&$0.faults) } }
-    func clearFaults() { state.withLock { $0.faults = Faults() } }
-    func failNextReads(_ n: Int, _ error: Errno = .ioError) {
+    public func setFaults(_ change: (inout Faults) -> Void) { state.withLock { change(&$0.faults) } }
+    public func clearFaults() { state.withLock { $0.faults = Faults() } }
+    public func failNextReads(_ n: Int, _ error: Errno = .ioError) {
         setFaults {
             $0.failReads = n
             $0.readError = error
         }
     }
-    func failNextWrites(_ n: Int, _ error: Errno = .ioError) {
+    public func failNextWrites(_ n: Int, _ error: Errno = .ioError) {
         setFaults {
             $0.failWrites = n
             $0.writeError = error
         }
     }
-    func failNextFlushes(_ n: Int, _ error: Errno = .ioError) {
+    public func failNextFlushes(_ n: Int, _ error: Errno = .ioError) {
         setFaults {
             $0.failFlushes = n
             $0.flushError = error
         }
     }
-    func failWrites(in range: Range<UInt64>, _ error: Errno = .ioError) {
+    public func failWrites(in range: Range<UInt64>, _ error: Errno = .ioError) {
         setFaults {
             $0.failWriteRange = range
             $0.writeRangeError = error
@@ -162,25 +175,29 @@ final class MemoryBackend: Backend, Sendable {
     }
 
     /// Each successful read sleeps this long (outside the lock) before returning.
-    func setReadDelay(microseconds: UInt32) { state.withLock { $0.readDelayMicroseconds = microseconds } }
+    public func setReadDelay(microseconds: UInt32) { state.withLock { $0.readDelayMicroseconds = microseconds } }
 
     /// Runs after `extents` has computed its answer and before it returns it
     /// (to stand for another connection acting meanwhile).
-    func setAfterExtentsComputed(_ hook: (@Sendable () -> Void)?) { state.withLock { $0.afterExtentsComputed = hook } }
+    public func setAfterExtentsComputed(_ hook: (@Sendable () -> Void)?) {
+        state.withLock { $0.afterExtentsComputed = hook }
+    }
 
     /// Runs at the start of every read, outside the lock.
-    func setOnRead(_ hook: (@Sendable (Req) -> Void)?) { state.withLock { $0.onRead = hook } }
+    public func setOnRead(_ hook: (@Sendable (Req) -> Void)?) { state.withLock { $0.onRead = hook } }
 
     /// Replaces the extents answer (for plugins that answer oddly).
-    func setExtentsAnswer(_ answer: (@Sendable (_ count: UInt64, _ offset: UInt64, _ onlyOne: Bool) -> [Extent])?) {
+    public func setExtentsAnswer(
+        _ answer: (@Sendable (_ count: UInt64, _ offset: UInt64, _ onlyOne: Bool) -> [Extent])?
+    ) {
         state.withLock { $0.extentsAnswer = answer }
     }
 
     /// Runs at the start of every write (and zero), outside the lock.
-    func setOnWrite(_ hook: (@Sendable (Req) -> Void)?) { state.withLock { $0.onWrite = hook } }
+    public func setOnWrite(_ hook: (@Sendable (Req) -> Void)?) { state.withLock { $0.onWrite = hook } }
 
     /// Changes the disk behind the cache's back (for tests of what the cache serves).
-    func poke(_ bytes: [UInt8], at offset: UInt64) {
+    public func poke(_ bytes: [UInt8], at offset: UInt64) {
         state.withLock { $0.disk.replaceSubrange(Int(offset)..<Int(offset) + bytes.count, with: bytes) }
     }
 
@@ -198,11 +215,13 @@ final class MemoryBackend: Backend, Sendable {
         let limit = what == "read" || what == "write" ? MemoryBackend.maxRequest : UInt64(UInt32.max)
         if count > limit {
             s.violations.append("\(what) of \(count) bytes is over nbdkit's limit of \(limit)")
+        } else if (what == "read" || what == "write") && count > maximumRequest {
+            s.violations.append("\(what) of \(count) bytes is over the plugin's maximum of \(maximumRequest)")
         }
         return true
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
         let req = Req(offset, UInt64(buffer.count))
         let hook = state.withLock { $0.onRead }
         hook?(req)
@@ -248,7 +267,7 @@ final class MemoryBackend: Backend, Sendable {
         if fua && fuaMode == .none { s.violations.append("\(what) with FUA but the plugin has no FUA") }
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno) {
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno) {
         let hook = state.withLock { $0.onWrite }
         hook?(Req(offset, UInt64(buffer.count), fua: fua))
         try state.withLock { (s: inout State) throws(Errno) in
@@ -277,7 +296,7 @@ final class MemoryBackend: Backend, Sendable {
         }
     }
 
-    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
+    public func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
         let hook = state.withLock { $0.onWrite }
         hook?(Req(offset, count, fua: fua))
         try state.withLock { (s: inout State) throws(Errno) in
@@ -286,9 +305,9 @@ final class MemoryBackend: Backend, Sendable {
             if !canZero { s.violations.append("zero at \(offset) but the plugin cannot zero") }
             checkFUA(&s, "zero", fua)
             try writeFault(&s, offset, count) { s, n in
-                for i in Int(offset)..<Int(offset) + n { s.disk[i] = 0 }
+                zeroFill(&s.disk, Int(offset)..<Int(offset) + n)
             }
-            for i in Int(offset)..<Int(offset + count) { s.disk[i] = 0 }
+            zeroFill(&s.disk, Int(offset)..<Int(offset + count))
             s.stats.zeros += 1
             s.stats.zeroBytes += count
             s.stats.zeroLog.append(Req(offset, count, fua: fua))
@@ -297,19 +316,19 @@ final class MemoryBackend: Backend, Sendable {
     }
 
     /// Like the memory plugin: trimmed bytes read as zeroes.
-    func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
+    public func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
         try state.withLock { (s: inout State) throws(Errno) in
             guard check(&s, "trim", offset, count) else { throw Errno.invalidArgument }
             checkFUA(&s, "trim", fua)
             try writeFault(&s, offset, count)
-            for i in Int(offset)..<Int(offset + count) { s.disk[i] = 0 }
+            zeroFill(&s.disk, Int(offset)..<Int(offset + count))
             s.stats.trims += 1
             s.stats.trimBytes += count
             s.stats.trimLog.append(Req(offset, count, fua: fua))
         }
     }
 
-    func flush() throws(Errno) {
+    public func flush() throws(Errno) {
         try state.withLock { (s: inout State) throws(Errno) in
             if !canFlush { s.violations.append("flush but the plugin cannot flush") }
             if s.faults.failFlushes > 0 {
@@ -324,7 +343,7 @@ final class MemoryBackend: Backend, Sendable {
     /// Like the memory plugin: each 64K-aligned region that is all zeroes is
     /// hole|zero, any other is data; runs of one type are merged. The answer
     /// starts at `offset` (as nbdkit clips it for a filter).
-    func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
+    public func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
         let (result, hook) = try state.withLock {
             (s: inout State) throws(Errno) -> ([Extent], (@Sendable () -> Void)?) in
             guard check(&s, "extents", offset, count) else { throw Errno.invalidArgument }
@@ -339,15 +358,15 @@ final class MemoryBackend: Backend, Sendable {
         return result
     }
 
-    static let extentRegion: UInt64 = 65536
+    public static let extentRegion: UInt64 = 65536
 
-    static func extents(of disk: [UInt8], count: UInt64, at offset: UInt64, onlyOne: Bool) -> [Extent] {
+    public static func extents(of disk: [UInt8], count: UInt64, at offset: UInt64, onlyOne: Bool) -> [Extent] {
         let end = offset + count
         var result: [Extent] = []
         var region = offset & ~(extentRegion - 1)
         while region < end {
             let regionEnd = min(region + extentRegion, UInt64(disk.count))
-            let allZero = disk[Int(region)..<Int(regionEnd)].allSatisfy { $0 == 0 }
+            let allZero = isAllZero(disk, Int(region)..<Int(regionEnd))
             let type: UInt32 = allZero ? (Extent.hole | Extent.zero) : 0
             let from = max(region, offset), to = min(regionEnd, end)
             if let last = result.last, last.type == type {
@@ -359,169 +378,5 @@ final class MemoryBackend: Backend, Sendable {
         }
         if onlyOne { return Array(result.prefix(1)) }
         return result
-    }
-}
-
-// MARK: - Other helpers
-
-/// A value behind a lock, shareable between threads.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock: Lock<Value>
-    init(_ value: Value) { lock = Lock(value) }
-    func withLock<R>(_ body: (inout Value) -> R) -> R { lock.withLock(body) }
-}
-
-/// SplitMix64: small, fast, deterministic.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var rng = SplitMix64(seed: seed)
-    var bytes = [UInt8](repeating: 0, count: count)
-    var i = 0
-    while i < count {
-        var word = rng.next()
-        for _ in 0..<8 where i < count {
-            bytes[i] = UInt8(truncatingIfNeeded: word)
-            word >>= 8
-            i += 1
-        }
-    }
-    return bytes
-}
-
-/// A fresh directory under /tmp (mkdtemp), for one test's cache file.
-func makeTemporaryDirectory(in parent: String = "/tmp") throws -> String {
-    var template = Array("\(parent)/swiftcache-test.XXXXXX".utf8CString)
-    let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-    guard made != nil else { throw Errno(rawValue: errno) }
-    return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-}
-
-/// Removes a directory made by `makeTemporaryDirectory` and what is in it
-/// (the cache file is unlinked at once; tests may leave flag files).
-func removeDirectory(_ path: String) {
-    if let dir = opendir(path) {
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { unlink("\(path)/\(name)") }
-        }
-        closedir(dir)
-    }
-    rmdir(path)
-}
-
-func touchFile(_ path: String) {
-    let fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)
-    if fd >= 0 { close(fd) }
-}
-
-// MARK: - Engine conveniences for tests
-
-extension Engine {
-    func readBytes(_ offset: UInt64, _ count: some BinaryInteger, _ backend: some Backend) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0xA5, count: Int(count))
-        try out.withUnsafeMutableBytes { buffer in
-            try read(into: buffer, at: offset, backend: backend)
-        }
-        return out
-    }
-
-    func writeBytes(_ data: [UInt8], at offset: UInt64, fua: Bool = false, _ backend: some Backend) throws {
-        try data.withUnsafeBytes { buffer in
-            try write(buffer, at: offset, fua: fua, backend: backend)
-        }
-    }
-
-    func states(_ blocks: Range<UInt64>) -> [BlockState] {
-        blocks.map { state(ofBlock: $0) }
-    }
-
-    /// The byte ranges a partial block holds (offsets within the block), nil
-    /// for any other block.
-    func held(_ block: UInt64) -> [Range<UInt32>]? { blocks.held(block)?.ranges }
-
-    /// How many partial blocks the cache keeps.
-    var partialBlockCount: Int { blocks.partialBlockCount }
-
-    /// Whether a request holds `block` locked.
-    func isLocked(_ block: UInt64) -> Bool { blocks.state.withLock { $0.locks.isLocked(block) } }
-
-    /// The cache file's allocated bytes.
-    var allocatedBytes: UInt64 { blocks.storage.allocatedBytes() }
-
-    /// A new connection opens and sees the export at `size` bytes.
-    func reopen(_ b: MemoryBackend, size: UInt64) throws {
-        b.setSize(size)
-        try setExportSize(size)
-    }
-}
-
-/// Another nbdkit connection to the same plugin: the same disk, its own
-/// `canWrite` (a read-only connection, `nbdkit -r` or a client asking for
-/// read-only). Any write, zero or trim through a read-only connection is a
-/// violation (nbdkit refuses them).
-struct Connection: Backend {
-    let disk: MemoryBackend
-    let canWrite: Bool
-    /// The export's size as this connection saw it when it opened.
-    let size: UInt64
-    let violations = Locked<[String]>([])
-
-    init(_ disk: MemoryBackend, canWrite: Bool = true, size: UInt64? = nil) {
-        self.disk = disk
-        self.canWrite = canWrite
-        self.size = size ?? disk.size
-    }
-
-    var canFlush: Bool { disk.canFlush }
-    var canZero: Bool { disk.canZero }
-    var fuaMode: FUAMode { disk.fuaMode }
-    var minimumRequest: UInt64 { disk.minimumRequest }
-
-    private func checkWritable(_ what: String, _ offset: UInt64) {
-        if !canWrite { violations.withLock { $0.append("\(what) at \(offset) through a read-only connection") } }
-    }
-
-    private func checkRange(_ what: String, _ offset: UInt64, _ count: UInt64) {
-        if offset + count > size {
-            let message = "\(what) of \(count) bytes at \(offset) past this connection's end \(size)"
-            violations.withLock { $0.append(message) }
-        }
-    }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(Errno) {
-        checkRange("read", offset, UInt64(buffer.count))
-        try disk.read(into: buffer, at: offset)
-    }
-    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(Errno) {
-        checkWritable("write", offset)
-        checkRange("write", offset, UInt64(buffer.count))
-        try disk.write(buffer, at: offset, fua: fua)
-    }
-    func zero(count: UInt64, at offset: UInt64, fua: Bool, mayTrim: Bool) throws(Errno) {
-        checkWritable("zero", offset)
-        checkRange("zero", offset, count)
-        try disk.zero(count: count, at: offset, fua: fua, mayTrim: mayTrim)
-    }
-    func trim(count: UInt64, at offset: UInt64, fua: Bool) throws(Errno) {
-        checkWritable("trim", offset)
-        checkRange("trim", offset, count)
-        try disk.trim(count: count, at: offset, fua: fua)
-    }
-    func flush() throws(Errno) { try disk.flush() }
-    func extents(count: UInt64, at offset: UInt64, onlyOne: Bool) throws(Errno) -> [Extent] {
-        try disk.extents(count: count, at: offset, onlyOne: onlyOne)
     }
 }

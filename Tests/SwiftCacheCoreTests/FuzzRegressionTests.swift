@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: BSD-3-Clause
+import Foundation
+import XCTest
+
+@testable import SwiftCacheCore
+
+/// The fuzzer's inputs, replayed through its decoder and checks
+/// (SwiftCacheTesting's `FuzzCase`, fuzz/README.md): every input it ever
+/// found failing (fuzz/regressions/) and the seed corpus
+/// (fuzz/corpus/seed-*) must pass.
+final class FuzzRegressionTests: XCTestCase {
+    /// The package's fuzz/ directory, found from this file's path.
+    private static let fuzz = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("fuzz")
+
+    private func replay(_ folder: String, prefix: String = "", atLeast: Int) throws {
+        let directory = FuzzRegressionTests.fuzz.appendingPathComponent(folder)
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            .filter { $0.hasPrefix(prefix) && !$0.hasSuffix(".md") }.sorted()
+        XCTAssertGreaterThanOrEqual(names.count, atLeast, "inputs in \(directory.path)")
+        let directories = try FuzzDirectories.make()
+        defer { directories.remove() }
+        for name in names {
+            let input = try [UInt8](Data(contentsOf: directory.appendingPathComponent(name)))
+            if let failure = FuzzCase.run(input, in: directories) {
+                XCTFail("fuzz/\(folder)/\(name):\n\(failure)")
+            }
+        }
+    }
+
+    func testEveryInputTheFuzzerFoundFailingPasses() throws {
+        try replay("regressions", atLeast: 1)
+    }
+
+    func testTheSeedCorpusPasses() throws {
+        try replay("corpus", prefix: "seed-", atLeast: 1)
+    }
+}
+
+/// Defects the fuzzer found that are not fixed yet (fuzz/README.md, "Known
+/// defects"): each test fails until its defect is fixed, so they run only
+/// with SWIFTCACHE_KNOWN_DEFECTS=1. The fuzzer steers clear of them
+/// (`FuzzRun.olderLargerConnections`, `FuzzRun.blocksOverLimit`).
+final class KnownDefectTests: EngineTestCase {
+    override func setUpWithError() throws {
+        try XCTSkipUnless(
+            ProcessInfo.processInfo.environment["SWIFTCACHE_KNOWN_DEFECTS"] != nil,
+            "a known defect (fuzz/README.md): set SWIFTCACHE_KNOWN_DEFECTS=1 to run it")
+        try super.setUpWithError()
+    }
+
+    /// Known defect 1: the export shrinks, a connection that still sees it
+    /// larger writes the whole block the new end cuts (as it sees it), and
+    /// the export grows again: the growth cuts that dirty block at the old
+    /// end, so its own write reads back as the plugin's old bytes.
+    func testAGrowthKeepsWhatAnOlderConnectionWrotePastTheShrunkEnd() throws {
+        let disk = MemoryBackend(size: 200_000, seed: 1)
+        let e = try makeEngine(disk, size: 100_000, mode: .writeback)
+        let older = Connection(disk, size: 100_000)
+        try e.setExportSize(70_000)  // a new connection sees the export shrunk
+        let data = randomBytes(100_000 - Int(B), seed: 2)
+        try e.writeBytes(data, at: B, older)
+        try e.setExportSize(100_000)  // another connection opens: the export grew back
+        assertBytes(try e.readBytes(B, data.count, older), data, "the older connection reads its own write")
+        try e.flush(backend: older)
+        assertBytes(disk.bytes(B, data.count), data, "and the plugin gets it")
+    }
+
+    /// Known defect 2: after a shrink, a connection that still sees the export
+    /// larger fills (or writes) the block holding its own, unaligned end; when
+    /// the export grows past that end, the cache serves the block's bytes past
+    /// it (zeroes) as the export's, and a flush writes them over the plugin's.
+    func testAGrowthPastAnOlderConnectionsEndReadsThePlugin() throws {
+        for dirty in [false, true] {
+            let disk = MemoryBackend(size: 200_000, seed: 1)
+            let e = try makeEngine(disk, size: 100_000, mode: .writeback, cacheOnRead: .always)
+            let older = Connection(disk, size: 100_000)
+            try e.setExportSize(50_000)
+            if dirty {
+                try e.writeBytes(randomBytes(100_000 - Int(B), seed: 2), at: B, older)
+            } else {
+                _ = try e.readBytes(B, 100_000 - B, older)
+            }
+            try e.reopen(disk, size: 200_000)  // the export grew past the older connection's end
+            let expected = disk.bytes(100_000, 2 * B - 100_000)
+            assertBytes(try e.readBytes(100_000, 2 * B - 100_000, disk), expected, "dirty \(dirty): read")
+            try e.flush(backend: disk)
+            assertBytes(disk.bytes(100_000, 2 * B - 100_000), expected, "dirty \(dirty): the plugin after a flush")
+        }
+    }
+
+    /// Known defect 3: after a shrink inside a block, a connection that sees
+    /// the new end writes that whole (short) block; a flush through an older,
+    /// larger connection then writes the block to its full length, zeroes past
+    /// the new end, over the plugin's bytes (growing a file that shrank).
+    func testAFlushThroughAnOlderConnectionWritesNothingPastTheShrunkEnd() throws {
+        let disk = MemoryBackend(size: 200_000, seed: 1)
+        let e = try makeEngine(disk, size: 100_000, mode: .writeback)
+        let older = Connection(disk, size: 100_000), smaller = Connection(disk, size: 70_000)
+        try e.setExportSize(70_000)
+        let past = disk.bytes(70_000, 30_000)
+        try e.writeBytes(randomBytes(70_000 - Int(B), seed: 3), at: B, smaller)
+        disk.resetStats()
+        try e.flush(backend: older)
+        XCTAssertEqual(disk.stats.writeLog, [Req(B, 70_000 - B)], "only the bytes before the new end")
+        assertBytes(disk.bytes(70_000, 30_000), past, "the plugin's bytes past the new end")
+    }
+
+    /// Known defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
+    /// across two blocks of dirty zeroes finds no room, goes to the plugin, and
+    /// leaves both blocks taking room (one dirty, one partial): 2 MiB counted,
+    /// two blocks past the high threshold.
+    func testAWriteWithNoRoomOverDirtyZeroesTakesNoRoom() throws {
+        let disk = MemoryBackend(size: 3 * MiB, seed: 1)
+        let e = try makeEngine(disk, mode: .writeback, maxSize: MiB, minBlockSize: MiB)
+        try e.zero(count: 2 * MiB, at: 0, fua: false, mayTrim: false, fastZero: false, backend: disk)
+        let data = randomBytes(1000, seed: 2)
+        try e.writeBytes(data, at: MiB - 500, fua: true, disk)
+        XCTAssertLessThanOrEqual(e.cachedBytes, MiB * 95 / 100 + MiB, "past the high threshold by one block at most")
+        var model = [UInt8](repeating: 0, count: Int(2 * MiB))
+        model.replaceSubrange(Int(MiB) - 500..<Int(MiB) + 500, with: data)
+        assertBytes(try e.readBytes(0, 2 * MiB, disk), model)
+    }
+
+    /// Known defect 4, with the file's allocated size: a write that finds no
+    /// room over a block of dirty zeroes it covers in part sends its bytes to
+    /// the plugin and keeps the block's other zeroes as a partial block, which
+    /// counts without a reservation; a read then completes the block from the
+    /// plugin, and the cache file holds 1 MiB where 10% of 2 MiB plus one
+    /// 512 KiB block is the most it may.
+    func testAReadOfABlockAWriteWithNoRoomLeftPartialKeepsToTheLimit() throws {
+        let block: UInt64 = 512 << 10
+        let disk = MemoryBackend(size: 2 * MiB, seed: 1)
+        let e = try makeEngine(disk, mode: .writeback, maxSize: 2 * MiB, minBlockSize: block) {
+            $0.highThreshold = 10
+            $0.lowThreshold = 5
+        }
+        let limit = 2 * MiB / 10 + block
+        try e.zero(count: 2 * MiB, at: 0, fua: false, mayTrim: false, fastZero: false, backend: disk)
+        try e.writeBytes(randomBytes(100, seed: 2), at: 3 * block + 10, disk)  // block 3 takes room
+        try e.writeBytes(randomBytes(Int(block) - 980, seed: 3), at: 2 * block + 1000, disk)  // no room for block 2
+        XCTAssertLessThanOrEqual(e.cachedBytes, limit, "counted")
+        _ = try e.readBytes(0, 2 * MiB, disk)
+        XCTAssertLessThanOrEqual(e.allocatedBytes, limit, "allocated")
+    }
+}
