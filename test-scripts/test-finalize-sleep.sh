@@ -9,7 +9,7 @@
 # must not report dirty blocks lost. (The log filter under ours shows what
 # the write-back sent; it cannot mark the end of .finalize here: when our
 # .finalize fails, nbdkit skips the inner layers' .finalize.)
-# FOUND BY THE SOAK (issue 10), fixed by OwnThread.swift: .finalize wrote back on the
+# FOUND BY THE SOAK (issue 10), fixed (Callbacks.finalize works on a thread of its own): .finalize wrote back on the
 # connection's own thread after the client has gone, and nbdkit 1.32's
 # nbdkit_nanosleep aborts every sleep on such a thread ("aborting sleep
 # because of connection close or error", ESHUTDOWN), so the write-back fails

@@ -40,7 +40,7 @@ func concurrently(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int) 
 /// Runs `background` on a thread of its own (when `threads` > 1 and one can
 /// be started; else first, on this thread) while this thread runs
 /// `foreground`, and returns when both are done.
-func alongside(threads: Int, _ background: @escaping @Sendable () -> Void, _ foreground: () -> Void) {
+public func alongside(threads: Int, _ background: @escaping @Sendable () -> Void, _ foreground: () -> Void) {
     var thread = pthread_t()
     let context = Unmanaged.passRetained(Box(background)).toOpaque()
     let started =

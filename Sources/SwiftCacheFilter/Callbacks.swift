@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 import CNBDKit
 import SwiftCacheCore
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -103,16 +104,25 @@ enum Callbacks {
     /// The connection is closing: dirty blocks go to the plugin (SPEC §8).
     static let finalize: @convention(c) (Next, Handle) -> Int32 = { next, handle in
         let connection = Connection.from(handle)
-        // Not on this thread: see `onThreadOfOurOwn`.
-        return onThreadOfOurOwn {
-            do {
-                try connection.engine.connectionClosing(connection.writes, backend: connection.backend(next))
-                return 0
-            } catch {
-                Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
-                return -1
-            }
-        }
+        // On a thread of our own, which belongs to no connection: nbdkit 1.32
+        // aborts every nbdkit_nanosleep on a connection's thread once its client
+        // has gone (ESHUTDOWN), so a delay or rate filter under ours would fail
+        // the write-back and the data would be lost at exit.
+        // The thread ends before this callback returns, as nbdkit requires of
+        // a filter calling `next` from threads of its own.
+        nonisolated(unsafe) let backend = connection.backend(next)
+        let status = Atomic<Int32>(-1)
+        alongside(
+            threads: 2,
+            {
+                do {
+                    try connection.engine.connectionClosing(connection.writes, backend: backend)
+                    status.store(0, ordering: .relaxed)
+                } catch {
+                    Log.error("swiftcache: writing back dirty blocks as the connection closes: \(error)")
+                }
+            }, {})
+        return status.load(ordering: .relaxed)
     }
 
     // MARK: What the client sees
