@@ -112,6 +112,20 @@ UNKNOWN_FAILED = 1   # a write or zero that failed: old or new content
 UNKNOWN_TRIM = 2     # a trim (successful or not): anything
 
 
+def completed(cl):
+    """The commands of client cl that have completed, as (op, error or None), in the order libnbd gives."""
+    while cl.pending:
+        ck = cl.h.aio_peek_command_completed()
+        if ck <= 0:
+            return
+        op = cl.pending.pop(ck)
+        err = None
+        try:
+            cl.h.aio_command_completed(ck)
+        except nbd.Error as e:
+            err = e
+        yield op, err
+
 class BufferPool:
     """Buffers for aio_pread/aio_pwrite.  libnbd 1.14's Python binding never
     releases the buffer object of an aio_pread/aio_pwrite (every request's
@@ -825,16 +839,7 @@ class Soak:
                 server.check_alive()
                 raise SoakError("connection failed: %s" % e)
             for cl in clients:
-                while cl.pending:
-                    ck = cl.h.aio_peek_command_completed()
-                    if ck <= 0:
-                        break
-                    op = cl.pending.pop(ck)
-                    try:
-                        cl.h.aio_command_completed(ck)
-                        err = None
-                    except nbd.Error as e:
-                        err = e
+                for op, err in completed(cl):
                     self.complete(op, err)
                     POOL.put(op.pooled)
             if now - last_alive > 0.25:
@@ -1243,17 +1248,10 @@ class Crash:
                 if ev & select.POLLOUT:
                     cl.h.aio_notify_write()
             for cl in clients:
-                while cl.pending:
-                    ck = cl.h.aio_peek_command_completed()
-                    if ck <= 0:
-                        break
-                    op = cl.pending.pop(ck)
-                    try:
-                        cl.h.aio_command_completed(ck)
-                        ok = True
-                    except nbd.Error as e:
-                        ok = False
-                        self.failures.append("round %d: %s failed with no fault injected: %s" % (rnd, op[0], e))
+                for op, err in completed(cl):
+                    ok = err is None
+                    if not ok:
+                        self.failures.append("round %d: %s failed with no fault injected: %s" % (rnd, op[0], err))
                     if op[0] == "flush":
                         if ok:
                             for s, g in op[1].items():
