@@ -26,9 +26,14 @@ struct BlockGeometry: Sendable {
         return start..<max(start, min(blocks.upperBound << shift, size))
     }
 
-    /// The blocks a connection of `connectionSize` bytes reaches whole when
-    /// the block map sees the export at `size` (≥ `connectionSize`).
-    func reach(connectionSize: UInt64, size: UInt64) -> Range<UInt64> {
-        0..<(size == connectionSize ? blockCount(of: size) : connectionSize >> shift)
+    /// The bytes of `span` that lie in `block`, relative to the block.
+    func part(of block: UInt64, in span: Range<UInt64>) -> Range<UInt32> {
+        let start = start(of: block)
+        let part = span.clamped(to: start..<start + blockSize)
+        return UInt32(part.lowerBound - start)..<UInt32(part.upperBound - start)
     }
+
+    /// The blocks a connection of `connectionSize` bytes sees whole: the
+    /// only ones it may read or write whole (see `BlockStore`, "Whole blocks").
+    func reach(connectionSize: UInt64) -> Range<UInt64> { 0..<(connectionSize >> shift) }
 }

@@ -69,6 +69,10 @@ struct BlockMap {
     private var dirtySpan: Range<UInt64> = 0..<0
     private var dirtyBlocks: Range<UInt64> { dirtySpan.clamped(to: 0..<blockCount) }
     private(set) var partials: [UInt64: HeldRanges] = [:]
+    /// Clean blocks that hold only their first bytes, and how many: the
+    /// block holding a connection's end, read through it (see `BlockStore`,
+    /// "Whole blocks"). Every other block in a whole state holds all its bytes.
+    private(set) var cleanLengths: [UInt64: UInt32] = [:]
 
     /// Beyond this many partial blocks, partial writes read the block first.
     static let partialLimit = 1 << 16
@@ -169,7 +173,28 @@ struct BlockMap {
                 }
             }
             if newValue != .partial { partials[block] = nil }
+            if newValue != .clean { cleanLengths[block] = nil }
         }
+    }
+
+    /// Records a clean block holding its first `length` bytes (nil: all of them).
+    mutating func setClean(_ block: UInt64, length: UInt32?) {
+        self[block] = .clean
+        cleanLengths[block] = length
+    }
+
+    /// The first clean block in `blocks` that holds fewer bytes than `wanted` says are wanted of it.
+    func firstCleanInPart(in blocks: Range<UInt64>, wanted: (UInt64) -> UInt64) -> UInt64? {
+        cleanLengths.filter { blocks.contains($0.key) && UInt64($0.value) < wanted($0.key) }.keys.min()
+    }
+
+    /// A write is about to change a clean block that holds only its first
+    /// bytes: it becomes a partial block holding them, so what the write
+    /// keeps joins them (the block would otherwise claim all its bytes).
+    mutating func holdCleanPart(_ block: UInt64) {
+        guard let length = cleanLengths[block] else { return }
+        self[block] = .partial
+        partials[block] = HeldRanges(0..<length)
     }
 
     mutating func set(_ blocks: Range<UInt64>, to state: BlockState) {

@@ -103,7 +103,7 @@ extension BlockStore {
         while left > 0 {
             let victims: [UInt64] = state.withLock { s in
                 let canWrite = backend.canWrite
-                let reach = geometry.reach(connectionSize: backend.size, size: max(s.exportSize, backend.size))
+                let reach = geometry.reach(connectionSize: backend.size)
                 let locks = s.locks, map = s.map
                 return takeVictims(left, in: &s, holding: owned) { block in
                     (owned.contains(block) || !locks.isLocked(block))

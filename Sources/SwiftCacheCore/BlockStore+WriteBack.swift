@@ -63,8 +63,7 @@ extension BlockStore {
     /// the cache once written.
     private func writeBackHeld(_ blocks: Range<UInt64>, backend: some Backend) -> CacheError? {
         var firstError: CacheError?
-        let size = size(seenBy: backend.size)
-        let reach = geometry.reach(connectionSize: backend.size, size: size)
+        let reach = geometry.reach(connectionSize: backend.size)
         let (pieces, partials) = state.withLock { s in
             (
                 s.map.dirtyRuns(in: blocks).flatMap { s.map.writeBackPieces(of: $0) },
@@ -74,17 +73,17 @@ extension BlockStore {
         func note(_ error: CacheError?) { firstError = firstError ?? error }
         for (run, zeroes) in pieces {
             if let zeroes {
-                note(writeBackZeroes(run, zeroes, size: size, backend: backend))
+                note(writeBackZeroes(run, zeroes, backend: backend))
                 continue
             }
             // Blocks past this connection's end wait for a connection that sees them.
             let reached = run.clamped(to: reach)
             var start = reached.lowerBound
             for block in reached {
-                guard let held = partials[block], let span = alone(block, held, size: size, backend: backend) else {
+                guard let held = partials[block], let span = alone(block, held, backend: backend) else {
                     continue
                 }
-                note(writeBackRun(start..<block, partials: partials, size: size, backend: backend))
+                note(writeBackRun(start..<block, partials: partials, backend: backend))
                 do throws(CacheError) {
                     try copyToPlugin(span, backend: backend)
                     debug.blocks("written back:", [block])
@@ -94,10 +93,10 @@ extension BlockStore {
                 }
                 start = block + 1
             }
-            note(writeBackRun(start..<reached.upperBound, partials: partials, size: size, backend: backend))
+            note(writeBackRun(start..<reached.upperBound, partials: partials, backend: backend))
             let seenInPart = reach.upperBound
             if run.contains(seenInPart) && geometry.start(of: seenInPart) < backend.size {
-                note(writeBackVisiblePart(seenInPart, holding: partials[seenInPart], size: size, backend: backend))
+                note(writeBackVisiblePart(seenInPart, holding: partials[seenInPart], backend: backend))
             }
         }
         return firstError
@@ -106,55 +105,112 @@ extension BlockStore {
     /// Sends a run of dirty zero blocks as plugin zero requests, as far as
     /// this connection reaches (and the part of its own last block it sees).
     private func writeBackZeroes(
-        _ run: Range<UInt64>, _ zeroes: ZeroWriteBack, size: UInt64,
-        backend: some Backend
+        _ run: Range<UInt64>, _ zeroes: ZeroWriteBack, backend: some Backend
     ) -> CacheError? {
-        let reach = geometry.reach(connectionSize: backend.size, size: size)
+        let reach = geometry.reach(connectionSize: backend.size)
         let reached = run.clamped(to: reach)
-        var span = geometry.bytes(of: reached, size: size)
+        var span = geometry.bytes(of: reached, size: backend.size)
         let seenInPart = reach.upperBound
         if run.contains(seenInPart) && geometry.start(of: seenInPart) < backend.size {
             span = (reached.isEmpty ? geometry.start(of: seenInPart) : span.lowerBound)..<backend.size
         }
-        guard !span.isEmpty else { return nil }
-        let payload = Payload.zeroes(count: UInt64(span.count), mayTrim: zeroes == .mayTrim)
-        var done: UInt64 = 0
-        while done < UInt64(span.count) {
-            let piece = done..<min(UInt64(span.count), done + backend.transferLimit)
-            do { try payload.send(piece, to: backend, at: span.lowerBound + piece.lowerBound, fua: false) } catch {
-                return CacheError(
-                    error,
-                    "plugin zero of \(piece.count) bytes at \(span.lowerBound + piece.lowerBound) "
-                        + "(write back)")
-            }
-            done = piece.upperBound
+        do throws(CacheError) { try sendZeroes(span, mayTrim: zeroes == .mayTrim, backend: backend) } catch {
+            return error
         }
         debug.blocks("written back as zeroes:", reached)
-        statistics.wroteBack(span, in: geometry)
         state.withLock { s in
             for block in reached where s.map[block].isZero { s.map[block] = .zero }
         }
         return nil
     }
 
-    /// The connection's own last block, which it sees only in part since the
-    /// export grew: what the block holds up to the connection's end goes to
-    /// the plugin now (so its flush keeps its promise), and the block stays
-    /// dirty for a connection that sees all of it.
-    private func writeBackVisiblePart(
-        _ block: UInt64, holding held: HeldRanges?, size: UInt64,
-        backend: some Backend
-    ) -> CacheError? {
+    /// A write takes bytes `part` of a block of dirty zeroes straight to
+    /// the plugin (it found no room): the block's other bytes go to the
+    /// plugin now as zeroes, so that the block can leave the cache rather
+    /// than stay as a partial block, which takes room no one set aside.
+    /// Returns whether they did; they cannot when the connection sees only
+    /// some of them, or the plugin fails (then the block stays partial).
+    func writeBackZeroes(around part: Range<UInt32>, of block: UInt64, backend: some Backend) -> Bool {
+        guard case .dirtyZero(let mayTrim) = state(of: block), backend.canWrite else { return false }
         let start = geometry.start(of: block)
+        guard let rest = HeldRanges(0..<UInt32(geometry.blockSize)).removing(part)?.ranges,
+            let last = rest.last, start + UInt64(last.upperBound) <= backend.size
+        else { return false }
         do throws(CacheError) {
-            let staging = try Buffer.allocate(Int(backend.size - start))
-            if held != nil {
-                try assembleHeld(block, into: staging.bytes, size: size, backend: backend)
-            } else {
-                try storage.read(into: staging.bytes, at: start)
+            for range in rest {
+                let span = start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)
+                try sendZeroes(span, mayTrim: mayTrim, backend: backend)
             }
-            try send(UnsafeRawBufferPointer(staging.bytes), at: start, backend: backend)
-            debug("written back: the first \(staging.bytes.count) bytes of block \(block), up to this connection's end")
+        } catch {
+            debug("write: the zeroes of block \(block) around what the plugin takes stay in the cache: \(error)")
+            return false
+        }
+        debug.blocks("written back as zeroes, around what the plugin takes:", [block])
+        return true
+    }
+
+    /// Sends zeroes over `span` to the plugin, in requests it accepts.
+    private func sendZeroes(_ span: Range<UInt64>, mayTrim: Bool, backend: some Backend) throws(CacheError) {
+        let payload = Payload.zeroes(count: UInt64(span.count), mayTrim: mayTrim)
+        var done: UInt64 = 0
+        while done < UInt64(span.count) {
+            let piece = done..<min(UInt64(span.count), done + backend.transferLimit)
+            do { try payload.send(piece, to: backend, at: span.lowerBound + piece.lowerBound, fua: false) } catch {
+                throw CacheError(
+                    error,
+                    "plugin zero of \(piece.count) bytes at \(span.lowerBound + piece.lowerBound) (write back)")
+            }
+            done = piece.upperBound
+        }
+        statistics.wroteBack(span, in: geometry)
+    }
+
+    /// The block holding the connection's end, which it sees only in part:
+    /// what the block holds up to that end goes to the plugin now (so its
+    /// flush keeps its promise), and no more than that. A partial block
+    /// holding nothing past that end is then clean: kept as a clean block
+    /// holding its first bytes when the cache has them all (or takes the
+    /// missing ones), else it leaves the cache. Any other stays dirty for a
+    /// connection that sees more of it.
+    private func writeBackVisiblePart(
+        _ block: UInt64, holding held: HeldRanges?, backend: some Backend
+    ) -> CacheError? {
+        let start = geometry.start(of: block), visible = backend.size - start
+        do throws(CacheError) {
+            guard let held else {
+                try copyToPlugin(start..<backend.size, backend: backend)
+                debug("written back: the first \(visible) bytes of block \(block), up to this connection's end")
+                return nil
+            }
+            let heldEnd = UInt64(held.ranges.last?.upperBound ?? 0)
+            // How many of the block's first bytes the cache holds once they are sent.
+            var kept: UInt64?
+            if let span = alone(block, held, backend: backend) {
+                try copyToPlugin(span, backend: backend)
+                if held.covers(UInt32(heldEnd)) { kept = heldEnd }
+            } else {
+                // From the block's start to the end of what it holds (whole
+                // requests of the plugin's minimum size), or the connection's end.
+                let minimum = backend.minimumRequest
+                let length = min(visible, (heldEnd + minimum - 1) / minimum * minimum)
+                let staging = try Buffer.allocate(Int(length))
+                try assembleHeld(block, into: staging.bytes, backend: backend)
+                try send(UnsafeRawBufferPointer(staging.bytes), at: start, backend: backend)
+                do throws(CacheError) {
+                    try writeGaps(UnsafeRawBufferPointer(staging.bytes), of: block)
+                    kept = length
+                } catch {
+                    debug("write back: block \(block) not kept: \(error)")
+                }
+            }
+            debug.blocks("written back:", [block])
+            if heldEnd <= visible {
+                if let kept {
+                    state.withLock { $0.map.setClean(block, length: UInt32(kept)) }
+                } else {
+                    dropUnchecked([block])
+                }
+            }
             return nil
         } catch {
             return error
@@ -163,11 +219,10 @@ extension BlockStore {
 
     /// The bytes a partial block holds, if they can go to the plugin alone:
     /// one range, inside this connection, aligned to the plugin's minimum.
-    private func alone(_ block: UInt64, _ held: HeldRanges, size: UInt64, backend: some Backend) -> Range<UInt64>? {
+    private func alone(_ block: UInt64, _ held: HeldRanges, backend: some Backend) -> Range<UInt64>? {
         guard held.ranges.count == 1 else { return nil }
         let start = geometry.start(of: block), minimum = backend.minimumRequest, range = held.ranges[0]
-        // Clamped: the export may have shrunk since.
-        let span = (start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)).clamped(to: 0..<size)
+        let span = start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)
         guard span.upperBound <= backend.size, span.lowerBound % minimum == 0,
             span.upperBound % minimum == 0 || span.upperBound == backend.size
         else { return nil }
@@ -177,21 +232,20 @@ extension BlockStore {
     /// Sends a run of dirty and partial blocks as one plugin request (in
     /// pieces the plugin accepts), as far as this connection reaches.
     private func writeBackRun(
-        _ run: Range<UInt64>, partials: [UInt64: HeldRanges], size: UInt64,
-        backend: some Backend
+        _ run: Range<UInt64>, partials: [UInt64: HeldRanges], backend: some Backend
     ) -> CacheError? {
-        let reached = run.clamped(to: reach(connectionSize: backend.size))
+        let reached = run.clamped(to: geometry.reach(connectionSize: backend.size))
         guard !reached.isEmpty else { return nil }
-        let span = geometry.bytes(of: reached, size: size)
+        let span = geometry.bytes(of: reached, size: .max)
         var unkept: [UInt64] = []
         do throws(CacheError) {
             let staging = try Buffer.allocate(span.count)
             try storage.read(into: staging.bytes, at: span.lowerBound)
             for block in reached where partials[block] != nil {
-                let blockSpan = geometry.bytes(of: block..<block + 1, size: size)
+                let blockSpan = geometry.bytes(of: block..<block + 1, size: .max)
                 let from = Int(blockSpan.lowerBound - span.lowerBound)
                 let target = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[from..<from + blockSpan.count])
-                try assembleHeld(block, into: target, size: size, backend: backend)
+                try assembleHeld(block, into: target, backend: backend)
                 do throws(CacheError) {
                     try writeGaps(UnsafeRawBufferPointer(target), of: block)
                     state.withLock { $0.map[block] = .dirty }

@@ -11,6 +11,17 @@ import SystemPackage
 /// instead, and every method that changes blocks takes the token that
 /// locking them exclusively returns (`HeldBlocks<Exclusive>`), so the
 /// compiler checks that the caller holds them.
+///
+/// Whole blocks: connections opened at different times see the export at
+/// different sizes, and a block one of them sees in part (the one holding its
+/// end) another may see whole. So a block is cached whole (clean, dirty, known
+/// zeroes) only as all of its `blockSize` bytes, through a connection that
+/// sees them all (`BlockGeometry.reach`). What a connection writes of a block
+/// it sees in part is kept as a partial block; what it reads of one is kept
+/// as a clean block that says how many bytes it holds, which serves only
+/// connections that see no more of it. So a growth leaves every block as it
+/// is, and a write-back sends what a block holds as far as the connection
+/// it goes through sees.
 final class BlockStore: @unchecked Sendable {
     let geometry: BlockGeometry
     let storage: any CacheStorage
@@ -113,11 +124,6 @@ final class BlockStore: @unchecked Sendable {
 
     var exportSize: UInt64 { state.withLock { $0.exportSize } }
 
-    /// The export's size as the block map sees it from a connection of
-    /// `connectionSize` bytes: one opened before the export grew sees less,
-    /// one opened before it shrank sees more.
-    func size(seenBy connectionSize: UInt64) -> UInt64 { max(exportSize, connectionSize) }
-
     func state(of block: UInt64) -> BlockState { state.withLock { $0.map[block] } }
 
     func states(_ blocks: Range<UInt64>) -> [BlockState] { state.withLock { s in blocks.map { s.map[$0] } } }
@@ -147,13 +153,28 @@ final class BlockStore: @unchecked Sendable {
 
     func firstPartial(in blocks: Range<UInt64>) -> UInt64? { state.withLock { $0.map.firstPartial(in: blocks) } }
 
-    /// What a read finds from block `from` on, and where the run of blocks
-    /// like it ends (before `end`). A cached run counts as used (LRU).
-    func readRun(from: UInt64, to end: UInt64) -> (kind: ReadRun, end: UInt64) {
+    /// What a read through a connection of `connectionSize` bytes finds
+    /// from block `from` on, and where the run of blocks like it ends (before
+    /// `end`). A cached run counts as used (LRU).
+    func readRun(from: UInt64, to end: UInt64, connectionSize: UInt64) -> (kind: ReadRun, end: UInt64) {
         state.withLock { s in
-            let run = s.map.readRun(from: from, to: end)
+            var run = s.map.readRun(from: from, to: end)
+            if run.kind == .cached,
+                let short = firstCleanInPart(s.map, in: from..<run.end, connectionSize: connectionSize)
+            {
+                run = short == from ? (.uncached, from + 1) : (.cached, short)
+            }
             if run.kind == .cached, limit != nil { s.lru.touch(from..<run.end) }
             return run
+        }
+    }
+
+    /// The first clean block in `blocks` holding fewer bytes than a
+    /// connection of `connectionSize` bytes sees of it (`BlockMap.setClean`).
+    func firstCleanInPart(_ map: BlockMap, in blocks: Range<UInt64>, connectionSize: UInt64) -> UInt64? {
+        map.firstCleanInPart(in: blocks) { block in
+            let start = geometry.start(of: block)
+            return connectionSize > start ? min(geometry.blockSize, connectionSize - start) : 0
         }
     }
 
@@ -185,33 +206,25 @@ final class BlockStore: @unchecked Sendable {
         }
     }
 
-    /// The blocks a connection of `connectionSize` bytes reaches whole
-    /// (they end at or before its end): it may read or write them whole.
-    /// One opened before the export grew does not reach a block it sees
-    /// only in part; the cache never asks the plugin for a byte past it.
-    func reach(connectionSize: UInt64) -> Range<UInt64> {
-        geometry.reach(connectionSize: connectionSize, size: size(seenBy: connectionSize))
-    }
-
     // MARK: The export's size
 
     /// Sizes the cache for an export of `size` bytes, as a connection opening
-    /// now sees it. Growing keeps every block, except that a short last block
-    /// cached whole no longer is (the plugin's bytes past the old end must
-    /// not be hidden, or overwritten at write-back). Shrinking forgets the
-    /// blocks past the new end, so a later growth reads the plugin's new
-    /// bytes; a dirty one is lost with the end of the disk, and logged.
+    /// now sees it. Growing keeps every block (none cached whole hides the
+    /// plugin's bytes past the old end: see "Whole blocks"). Shrinking
+    /// forgets what lies past the new end, so a later growth reads the
+    /// plugin's new bytes; a dirty block there is lost with the end of the
+    /// disk, and logged.
     func resize(to size: UInt64) throws(CacheError) {
         let old = exportSize
         guard size != old else { return }
         if size > old {
-            try grow(from: old, to: size)
+            try grow(to: size)
         } else {
             shrink(from: old, to: size)
         }
     }
 
-    private func grow(from old: UInt64, to size: UInt64) throws(CacheError) {
+    private func grow(to size: UInt64) throws(CacheError) {
         let blocks = geometry.blockCount(of: size)
         // Block states (and LRU) cost 3 (5) bits a block: refuse an export
         // whose map would not fit in half of the machine's memory.
@@ -223,9 +236,6 @@ final class BlockStore: @unchecked Sendable {
                 "an export of \(size) bytes needs \(mapBytes) bytes of cache metadata "
                     + "with \(geometry.blockSize)-byte blocks (raise cache-min-block-size)")
         }
-        let lastBlock = old >> geometry.shift
-        let hasShortLast = old % geometry.blockSize != 0
-        let shortLast = hasShortLast ? lock(lastBlock..<lastBlock + 1) : nil
         try state.withLock { (s: inout State) throws(CacheError) in
             if blocks > s.map.blockCount {
                 try storage.resize(to: blocks << geometry.shift)
@@ -235,17 +245,8 @@ final class BlockStore: @unchecked Sendable {
                 if limit != nil { try lru.grow(to: blocks) }
                 (s.map, s.lru) = (map, lru)
             }
-            if hasShortLast, s.exportSize == old {
-                let length = UInt32(old - geometry.start(of: lastBlock))
-                switch s.map[lastBlock] {
-                case .clean, .zero: forget(lastBlock, in: &s)
-                case .dirty, .dirtyZero: s.map.cut(lastBlock, at: length)
-                case .notCached, .partial: break
-                }
-            }
             s.exportSize = max(s.exportSize, size)
         }
-        _ = consume shortLast
     }
 
     private func shrink(from old: UInt64, to size: UInt64) {
@@ -292,6 +293,8 @@ final class BlockStore: @unchecked Sendable {
     /// Keeps `data`, read from the plugin, as blocks `chunk`: clean, or
     /// known zeroes (no data stored) where a whole block is zeroes. The hole
     /// is punched, not assumed: an uncached block may still hold old bytes.
+    /// `data` may end inside the last block (the end of the connection's
+    /// export): that block is kept clean, holding what `data` has of it.
     func keepClean(
         _ data: UnsafeRawBufferPointer, as chunk: Range<UInt64>, in held: borrowing HeldBlocks<Exclusive>,
         using reservation: inout Reservation
@@ -301,8 +304,10 @@ final class BlockStore: @unchecked Sendable {
             let from = Int(geometry.start(of: run.lowerBound) - start)
             return UnsafeRawBufferPointer(rebasing: data[from..<min(data.count, from + run.count << geometry.shift)])
         }
+        let lastLength = UInt64(data.count) - UInt64(chunk.count - 1) << geometry.shift
+        let short = lastLength < geometry.blockSize ? chunk.last : nil
         var zeroes: [UInt64] = []
-        for block in chunk where bytes(block..<block + 1).isAllZero { zeroes.append(block) }
+        for block in chunk where block != short && bytes(block..<block + 1).isAllZero { zeroes.append(block) }
         var next = chunk.lowerBound
         for run in runs(of: zeroes) + [chunk.upperBound..<chunk.upperBound] {
             if next < run.lowerBound { try storage.write(bytes(next..<run.lowerBound), at: geometry.start(of: next)) }
@@ -319,7 +324,11 @@ final class BlockStore: @unchecked Sendable {
             reservation.use(UInt64(newlyStored), from: &s)
             for block in chunk {
                 if known.contains(block), limit != nil, s.map[block].occupiesStorage { s.lru.forget(block) }
-                s.map[block] = known.contains(block) ? .zero : .clean
+                if known.contains(block) {
+                    s.map[block] = .zero
+                } else {
+                    s.map.setClean(block, length: block == short ? UInt32(lastLength) : nil)
+                }
                 if limit != nil, !known.contains(block) { s.lru.touch(block..<block + 1) }
             }
         }
@@ -346,18 +355,21 @@ final class BlockStore: @unchecked Sendable {
     /// The plugin takes bytes `span` of `blocks` straight (no room in the
     /// cache, or the cache file failed): what the blocks held there is
     /// forgotten (see `BlockMap.release`), and blocks left with nothing
-    /// lose their storage.
+    /// lose their storage. A block of dirty zeroes that `span` covers in
+    /// part writes its other zeroes back first (`writeBackZeroes(around:)`).
     func release(
-        _ span: Range<UInt64>, of blocks: Range<UInt64>, size: UInt64,
+        _ span: Range<UInt64>, of blocks: Range<UInt64>, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
     ) {
+        let zeroesSent = blocks.filter { block in
+            writeBackZeroes(around: geometry.part(of: block, in: span), of: block, backend: backend)
+        }
         let emptied: [UInt64] = state.withLock { s in
             blocks.filter { block in
                 guard s.map[block] != .notCached else { return false }
-                let whole = geometry.bytes(of: block..<block + 1, size: size), part = span.clamped(to: whole)
-                let start = whole.lowerBound
-                let released = UInt32(part.lowerBound - start)..<UInt32(part.upperBound - start)
-                return !s.map.release(released, in: block, length: UInt32(whole.count))
+                if zeroesSent.contains(block) { return true }
+                let released = geometry.part(of: block, in: span)
+                return !s.map.release(released, in: block, length: UInt32(geometry.blockSize))
             }
         }
         debug.blocks("handed to the plugin, dropped:", emptied)
@@ -366,11 +378,11 @@ final class BlockStore: @unchecked Sendable {
 
     /// Stores bytes `range` of a write's payload at `span`, which covers
     /// blocks `chunk`: they become dirty, except the blocks in `parts`,
-    /// which hold the given range of their first `length` bytes (partial).
+    /// which hold the given range of their bytes (partial).
     /// If the cache file fails, clean copies it may have changed are dropped.
     func keepWritten(
         _ payload: Payload, _ range: Range<UInt64>, at span: Range<UInt64>, as chunk: Range<UInt64>,
-        parts: [UInt64: (part: Range<UInt32>, length: UInt32)], in held: borrowing HeldBlocks<Exclusive>,
+        parts: [UInt64: Range<UInt32>], in held: borrowing HeldBlocks<Exclusive>,
         using reservation: inout Reservation
     ) throws(CacheError) {
         let before = states(chunk)
@@ -385,13 +397,26 @@ final class BlockStore: @unchecked Sendable {
             reservation.use(before.reduce(0) { $0 + ($1.occupiesStorage ? 0 : 1) }, from: &s)
             for block in chunk {
                 if let part = parts[block] {
-                    s.map.hold(part.part, in: block, length: part.length)
+                    s.map.hold(part, in: block, length: UInt32(geometry.blockSize))
                 } else {
                     s.map[block] = .dirty
                 }
             }
             if limit != nil { s.lru.touch(chunk) }
         }
+    }
+
+    /// A write is about to change `blocks`: a clean block holding only its
+    /// first bytes becomes a partial block holding them, so what the write
+    /// keeps joins them (`BlockMap.holdCleanPart`); `through` (the plugin
+    /// gets the write), such a block is dropped instead.
+    func prepareCleanParts(_ blocks: Range<UInt64>, through: Bool, in held: borrowing HeldBlocks<Exclusive>) {
+        let inPart: [UInt64] = state.withLock { s in
+            let found = s.map.cleanLengths.keys.filter { blocks.contains($0) }
+            if !through { for block in found { s.map.holdCleanPart(block) } }
+            return found
+        }
+        if through { drop(inPart, in: held) }
     }
 
     /// Marks dirty blocks clean once the plugin holds what they hold.
@@ -437,17 +462,17 @@ final class BlockStore: @unchecked Sendable {
     /// the cache file over them; known zeroes need no plugin read. Needs no
     /// room in the cache file (a full one must never strand written bytes).
     /// Bytes past the end of the connection's export are not read: zeroes.
+    /// The plugin is not read when the block holds all the bytes wanted.
     func assemble(
-        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64, backend: some Backend,
+        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
-        try assembleHeld(block, into: target, size: size, backend: backend)
+        try assembleHeld(block, into: target, backend: backend)
     }
 
     /// `assemble` for a block this layer holds on its caller's behalf.
     func assembleHeld(
-        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, size: UInt64,
-        backend: some Backend
+        _ block: UInt64, into target: UnsafeMutableRawBufferPointer, backend: some Backend
     ) throws(CacheError) {
         if state(of: block).isZero {
             target.initializeMemory(as: UInt8.self, repeating: 0)
@@ -455,10 +480,13 @@ final class BlockStore: @unchecked Sendable {
         }
         let start = geometry.start(of: block)
         let readable = Int(min(UInt64(target.count), backend.size > start ? backend.size - start : 0))
-        debug.blocks("read from the plugin to complete:", [block])
-        try backend.readAll(into: UnsafeMutableRawBufferPointer(rebasing: target[..<readable]), at: start)
+        let heldRanges = held(block)
+        if heldRanges?.covers(UInt32(readable)) != true {
+            debug.blocks("read from the plugin to complete:", [block])
+            try backend.readAll(into: UnsafeMutableRawBufferPointer(rebasing: target[..<readable]), at: start)
+        }
         UnsafeMutableRawBufferPointer(rebasing: target[readable...]).initializeMemory(as: UInt8.self, repeating: 0)
-        for range in held(block)?.ranges ?? [] where Int(range.lowerBound) < target.count {
+        for range in heldRanges?.ranges ?? [] where Int(range.lowerBound) < target.count {
             let upper = min(Int(range.upperBound), target.count)
             try storage.read(
                 into: UnsafeMutableRawBufferPointer(rebasing: target[Int(range.lowerBound)..<upper]),
@@ -466,19 +494,26 @@ final class BlockStore: @unchecked Sendable {
         }
     }
 
-    /// Keeps a block assembled whole (`assemble`, through a connection that
-    /// reaches it): a partial block's gaps are written and it becomes dirty;
-    /// a block without storage is written (this needs room) and becomes
-    /// dirty if it held dirty zeroes, else clean.
+    /// Keeps a block assembled (`assemble`): a partial block's gaps are
+    /// written and it becomes dirty; a block without storage is written
+    /// (this needs room) and becomes dirty if it held dirty zeroes, else
+    /// clean. `bytes` may be the first bytes only, of the block holding the
+    /// end of the connection's export: a partial block then holds them all,
+    /// a clean one says it holds only them (see "Whole blocks").
     func keepAssembled(
         _ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
         using reservation: inout Reservation
     ) throws(CacheError) {
         let before = state(of: block)
         try writeGaps(bytes, of: block)
+        let length = UInt32(bytes.count), whole = UInt64(bytes.count) == geometry.blockSize
         state.withLock { s in
             if !before.occupiesStorage { reservation.use(1, from: &s) }
-            s.map[block] = before.isDirty ? .dirty : .clean
+            switch (before.isDirty, whole) {
+            case (true, true): s.map[block] = .dirty
+            case (true, false): s.map.hold(0..<length, in: block, length: UInt32(geometry.blockSize))
+            case (false, _): s.map.setClean(block, length: whole ? nil : length)
+            }
             if limit != nil { s.lru.touch(block..<block + 1) }
         }
     }

@@ -28,12 +28,7 @@ extension Engine {
         guard count > 0 else { return }
         try checkBounds(offset: offset, count: count, backend: backend)
         let locked = geometry.blocks(covering: offset, count: count)
-        // Sized once the blocks are held: a growth changes a short last block only while holding it.
-        func sized() -> BlockRead {
-            BlockRead(
-                request: offset..<offset + count, buffer: buffer, size: blocks.size(seenBy: backend.size),
-                locked: locked)
-        }
+        let read = BlockRead(request: offset..<offset + count, buffer: buffer, size: backend.size, locked: locked)
         // Readers share blocks; filling a block from the plugin, or reading
         // a partial one, needs it alone.
         switch blocks.lockForRead(
@@ -41,13 +36,12 @@ extension Engine {
             exclusiveIf: { map in
                 map.firstPartial(in: locked) != nil
                     || (keep && map.firstNotCached(in: locked) != nil)
+                    || (keep && blocks.firstCleanInPart(map, in: locked, connectionSize: backend.size) != nil)
             })
         {
         case .shared(let held):
-            let read = sized()
             try copy(read, in: held) { run throws(CacheError) in try readPlugin(run, read, backend: backend) }
         case .exclusive(let held):
-            let read = sized()
             let served = try readPartials(read, backend: backend, in: held)
             try copy(read, in: held) { run throws(CacheError) in
                 // Partial blocks the cache could not complete were served already.
@@ -69,7 +63,7 @@ extension Engine {
     ) throws(CacheError) {
         var cursor = read.locked.lowerBound
         while cursor < read.locked.upperBound {
-            let (kind, end) = blocks.readRun(from: cursor, to: read.locked.upperBound)
+            let (kind, end) = blocks.readRun(from: cursor, to: read.locked.upperBound, connectionSize: read.size)
             let run = cursor..<end
             let span = geometry.bytes(of: run, size: read.size).clamped(to: read.request)
             if read.buffer != nil {
@@ -92,8 +86,10 @@ extension Engine {
     }
 
     /// A partial block's held bytes are newer than the plugin's: it is
-    /// assembled in memory from both and served, then kept whole (dirty) if
-    /// the cache file takes it. Returns the blocks it could not keep.
+    /// assembled in memory from both and served, then kept (dirty) if the
+    /// cache file takes it: whole, or as far as this connection sees a block
+    /// it sees in part (still partial). Returns the blocks served that are
+    /// still partial: they are not to be read again.
     private func readPartials(
         _ read: BlockRead, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
@@ -104,7 +100,7 @@ extension Engine {
             from = block + 1
             let blockSpan = geometry.bytes(of: block..<block + 1, size: read.size)
             let bytes = try Buffer.allocate(blockSpan.count)
-            try blocks.assemble(block, into: bytes.bytes, size: read.size, backend: backend, in: held)
+            try blocks.assemble(block, into: bytes.bytes, backend: backend, in: held)
             if let buffer = read.buffer {
                 let span = blockSpan.clamped(to: read.request)
                 let start = Int(span.lowerBound - blockSpan.lowerBound)
@@ -113,15 +109,12 @@ extension Engine {
             }
             var noRoomNeeded = Reservation(blocks: 0, chunk: block..<block + 1, store: nil)
             do throws(CacheError) {
-                guard blocks.reach(connectionSize: backend.size).contains(block) else {
-                    throw CacheError(.invalidArgument, "the block reaches past this connection's end")
-                }
                 try blocks.keepAssembled(UnsafeRawBufferPointer(bytes.bytes), as: block, in: held, using: &noRoomNeeded)
             } catch {
                 // Served all the same: keeping it is optional for a read.
                 debug("read: partial block \(block) left partial: \(error)")
-                served.append(block)
             }
+            if blocks.state(of: block) == .partial { served.append(block) }
         }
         return served
     }
@@ -133,14 +126,7 @@ extension Engine {
         _ run: Range<UInt64>, _ read: BlockRead, keep: Bool, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
-        guard keep, let last = run.last else { return try readPlugin(run, read, backend: backend) }
-        // A block reaching past this connection's end (the export grew since
-        // it opened) cannot be read whole through it.
-        var run = run
-        if !blocks.reach(connectionSize: backend.size).contains(last) {
-            try readPlugin(last..<last + 1, read, backend: backend)
-            run = run.dropLast()
-        }
+        guard keep else { return try readPlugin(run, read, backend: backend) }
         var next = run.lowerBound
         while next < run.upperBound {
             let limit = max(1, backend.transferLimit >> geometry.shift)
@@ -196,7 +182,7 @@ extension Engine {
 private struct BlockRead {
     let request: Range<UInt64>
     let buffer: UnsafeMutableRawBufferPointer?
-    /// The export's size as the block map sees it from this connection.
+    /// The export's size as this connection sees it.
     let size: UInt64
     let locked: Range<UInt64>
 }

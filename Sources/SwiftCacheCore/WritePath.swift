@@ -45,11 +45,10 @@ extension Engine {
         let fua = requestedFUA && !flushAfter
         do {
             let held = blocks.lock(geometry.blocks(covering: offset, count: count))
-            // Sized once the blocks are held: a growth changes a short last block only while holding it.
-            let write = BlockWrite(
-                geometry: geometry, request: offset..<offset + count,
-                size: blocks.size(seenBy: backend.size))
-            if config.mode == .writethrough || fua {
+            let write = BlockWrite(geometry: geometry, request: offset..<offset + count)
+            let through = config.mode == .writethrough || fua
+            blocks.prepareCleanParts(write.locked, through: through, in: held)
+            if through {
                 try storeThrough(payload, write, fua: fua, backend: backend, in: held)
             } else {
                 try storeBack(payload, write, write.locked, through: false, backend: backend, in: held)
@@ -166,7 +165,7 @@ extension Engine {
         // Both edges are checked in one step, so that together they keep to the limits.
         let partial = blocks.holdable(holdable.map { ($0, write.part(of: $0)) })
         for (edge, state) in edgeStates where !partial.contains(edge) && ![.clean, .dirty].contains(state) {
-            guard state.isZero || blocks.reach(connectionSize: backend.size).contains(edge) else {
+            guard state.isZero || geometry.reach(connectionSize: backend.size).contains(edge) else {
                 throw .cache(
                     CacheError(
                         .ioError,
@@ -175,8 +174,8 @@ extension Engine {
             }
             let bytes: Buffer
             do throws(CacheError) {
-                bytes = try Buffer.allocate(Int(write.length(of: edge)))
-                try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
+                bytes = try Buffer.allocate(Int(geometry.blockSize))
+                try blocks.assemble(edge, into: bytes.bytes, backend: backend, in: held)
             } catch {
                 throw .plugin(error)
             }
@@ -187,8 +186,8 @@ extension Engine {
             }
         }
         let span = write.bytes(of: chunk)
-        var parts: [UInt64: (part: Range<UInt32>, length: UInt32)] = [:]
-        for edge in partial { parts[edge] = (write.part(of: edge), write.length(of: edge)) }
+        var parts: [UInt64: Range<UInt32>] = [:]
+        for edge in partial { parts[edge] = write.part(of: edge) }
         do {
             try blocks.keepWritten(
                 payload, write.payloadRange(span), at: span, as: chunk, parts: parts, in: held,
@@ -206,7 +205,7 @@ extension Engine {
         backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
         let span = write.bytes(of: run)
-        blocks.release(span, of: run, size: write.size, in: held)
+        blocks.release(span, of: run, backend: backend, in: held)
         guard !through else { return }
         do {
             try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
@@ -239,12 +238,12 @@ extension Engine {
         // must still work).
         var completed: [UInt64] = []
         if config.mode == .writethrough {
-            for edge in unheldEdges where blocks.reach(connectionSize: backend.size).contains(edge) {
+            for edge in unheldEdges where geometry.reach(connectionSize: backend.size).contains(edge) {
                 var reservation = blocks.reserve(edge..<edge + 1, backend: backend)
                 guard !reservation.chunk.isEmpty else { continue }
                 do throws(CacheError) {
-                    let bytes = try Buffer.allocate(Int(write.length(of: edge)))
-                    try blocks.assemble(edge, into: bytes.bytes, size: write.size, backend: backend, in: held)
+                    let bytes = try Buffer.allocate(Int(geometry.blockSize))
+                    try blocks.assemble(edge, into: bytes.bytes, backend: backend, in: held)
                     try blocks.keepAssembled(
                         UnsafeRawBufferPointer(bytes.bytes), as: edge, in: held,
                         using: &reservation)
@@ -296,7 +295,7 @@ extension Engine {
         // write, and the cache forgets what it held of those bytes.
         if let cacheError {
             debug("write through: the cache file failed (\(cacheError)), the plugin has the bytes")
-            blocks.release(write.request, of: stored, size: write.size, in: held)
+            blocks.release(write.request, of: stored, backend: backend, in: held)
             return
         }
         blocks.markClean(
@@ -321,9 +320,7 @@ extension Engine {
         var failure: CacheError?
         do {
             let held = blocks.lock(geometry.blocks(covering: offset, count: count))
-            let write = BlockWrite(
-                geometry: geometry, request: offset..<offset + count,
-                size: blocks.size(seenBy: backend.size))
+            let write = BlockWrite(geometry: geometry, request: offset..<offset + count)
             do {
                 try backend.trim(count: count, at: offset, fua: requestedFUA && !flushAfter)
             } catch {
@@ -371,27 +368,26 @@ private enum StoreKind: Equatable {
 /// The blocks of one write-like request and how it covers them.
 struct BlockWrite {
     let request: Range<UInt64>
-    /// The export's size as the block map sees it from this connection.
-    let size: UInt64
     let locked: Range<UInt64>
-    /// First and last blocks when the request covers them only in part.
+    /// First and last blocks when the request covers them only in part: all
+    /// of a block's bytes count, also past the end of the connection's
+    /// export (see `BlockStore`, "Whole blocks").
     let edges: [UInt64]
     private let geometry: BlockGeometry
 
-    init(geometry: BlockGeometry, request: Range<UInt64>, size: UInt64) {
+    init(geometry: BlockGeometry, request: Range<UInt64>) {
         self.request = request
-        self.size = size
         self.geometry = geometry
         locked = geometry.blocks(covering: request.lowerBound, count: UInt64(request.count))
         edges = Set([locked.lowerBound, locked.upperBound - 1]).sorted().filter { block in
-            let whole = geometry.bytes(of: block..<block + 1, size: size)
+            let whole = geometry.bytes(of: block..<block + 1, size: .max)
             return whole.clamped(to: request) != whole
         }
     }
 
     /// Bytes of `blocks` that the request writes.
     func bytes(of blocks: Range<UInt64>) -> Range<UInt64> {
-        geometry.bytes(of: blocks, size: size).clamped(to: request)
+        geometry.bytes(of: blocks, size: .max).clamped(to: request)
     }
 
     /// Those bytes relative to the start of the request (the payload).
@@ -400,14 +396,5 @@ struct BlockWrite {
     }
 
     /// The part of `block` the request writes, relative to the block.
-    func part(of block: UInt64) -> Range<UInt32> {
-        let span = bytes(of: block..<block + 1)
-        let start = geometry.start(of: block)
-        return UInt32(span.lowerBound - start)..<UInt32(span.upperBound - start)
-    }
-
-    /// The block's length (the last block of the export may be short).
-    func length(of block: UInt64) -> UInt32 {
-        UInt32(geometry.bytes(of: block..<block + 1, size: size).count)
-    }
+    func part(of block: UInt64) -> Range<UInt32> { geometry.part(of: block, in: request) }
 }

@@ -38,19 +38,10 @@ final class FuzzRegressionTests: XCTestCase {
     }
 }
 
-/// Defects the fuzzer found that are not fixed yet (fuzz/README.md, "Known
-/// defects"): each test fails until its defect is fixed, so they run only
-/// with SWIFTCACHE_KNOWN_DEFECTS=1. The fuzzer steers clear of them
-/// (`FuzzRun.olderLargerConnections`, `FuzzRun.blocksOverLimit`).
-final class KnownDefectTests: EngineTestCase {
-    override func setUpWithError() throws {
-        try XCTSkipUnless(
-            ProcessInfo.processInfo.environment["SWIFTCACHE_KNOWN_DEFECTS"] != nil,
-            "a known defect (fuzz/README.md): set SWIFTCACHE_KNOWN_DEFECTS=1 to run it")
-        try super.setUpWithError()
-    }
-
-    /// Known defect 1: the export shrinks, a connection that still sees it
+/// Defects the fuzzer found (fuzz/README.md, "Defects it found"), each as
+/// the smallest case that showed it; each failed before its fix.
+final class FuzzerFoundDefectTests: EngineTestCase {
+    /// Defect 1: the export shrinks, a connection that still sees it
     /// larger writes the whole block the new end cuts (as it sees it), and
     /// the export grows again: the growth cuts that dirty block at the old
     /// end, so its own write reads back as the plugin's old bytes.
@@ -67,7 +58,7 @@ final class KnownDefectTests: EngineTestCase {
         assertBytes(disk.bytes(B, data.count), data, "and the plugin gets it")
     }
 
-    /// Known defect 2: after a shrink, a connection that still sees the export
+    /// Defect 2: after a shrink, a connection that still sees the export
     /// larger fills (or writes) the block holding its own, unaligned end; when
     /// the export grows past that end, the cache serves the block's bytes past
     /// it (zeroes) as the export's, and a flush writes them over the plugin's.
@@ -90,7 +81,7 @@ final class KnownDefectTests: EngineTestCase {
         }
     }
 
-    /// Known defect 3: after a shrink inside a block, a connection that sees
+    /// Defect 3: after a shrink inside a block, a connection that sees
     /// the new end writes that whole (short) block; a flush through an older,
     /// larger connection then writes the block to its full length, zeroes past
     /// the new end, over the plugin's bytes (growing a file that shrank).
@@ -107,7 +98,7 @@ final class KnownDefectTests: EngineTestCase {
         assertBytes(disk.bytes(70_000, 30_000), past, "the plugin's bytes past the new end")
     }
 
-    /// Known defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
+    /// Defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
     /// across two blocks of dirty zeroes finds no room, goes to the plugin, and
     /// leaves both blocks taking room (one dirty, one partial): 2 MiB counted,
     /// two blocks past the high threshold.
@@ -123,7 +114,7 @@ final class KnownDefectTests: EngineTestCase {
         assertBytes(try e.readBytes(0, 2 * MiB, disk), model)
     }
 
-    /// Known defect 4, with the file's allocated size: a write that finds no
+    /// Defect 4, with the file's allocated size: a write that finds no
     /// room over a block of dirty zeroes it covers in part sends its bytes to
     /// the plugin and keeps the block's other zeroes as a partial block, which
     /// counts without a reservation; a read then completes the block from the

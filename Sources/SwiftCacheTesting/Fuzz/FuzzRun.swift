@@ -104,19 +104,6 @@ final class FuzzRun {
 
     private static let maxClients = 4
     private static let maxSteps = 400
-    /// Whether connections that see the export larger than it now is stay
-    /// open when it shrinks. Off while known defects 1 to 3 (fuzz/README.md)
-    /// stand: they are closed first, as if the file shrank when they were gone.
-    static let olderLargerConnections = false
-    /// cache-max-size as SPEC §4 has it: the allocated size (and the
-    /// engine's own count of the room blocks take, `cachedBytes`) never
-    /// passes the high threshold by more than one block per request in
-    /// flight. Off while known defect 4 stands (a write that finds no room
-    /// over a block of dirty zeroes leaves a partial block that counts
-    /// without a reservation, and that a read then fills): only the cache
-    /// files' allocated size is checked, against cache-max-size itself plus
-    /// two blocks, and only while nothing failed.
-    static let strictLimit = false
 
     /// `tracing`: keep a line per request (for the failure message).
     init(_ config: FuzzConfig, directories: FuzzDirectories, tracing: Bool) throws {
@@ -488,9 +475,6 @@ final class FuzzRun {
                 note("plugin's export: \(pluginSize) -> \(size) bytes")
             }
             pluginSize = size
-            if size < cacheSize && !FuzzRun.olderLargerConnections {
-                while let i = clients.firstIndex(where: { $0.backend.size > size }) { try close(i) }
-            }
         }
         let backend = Connection(disk, canWrite: !readOnly, size: pluginSize)
         note("open c\(nextClient) \(readOnly ? "read-only" : "read-write") size \(pluginSize)")
@@ -633,14 +617,15 @@ final class FuzzRun {
 
     private func checkInvariants() throws(FuzzFailure) {
         if let maxSize = config.maxSize {
-            // SPEC §4: the allocated size never passes the high threshold by
-            // more than one block per request in flight, every export's
-            // cache together (§8). Exact on tmpfs (a disk file system may
-            // allocate metadata too); a hole a failing cache file could not
-            // punch stays.
-            let strict = FuzzRun.strictLimit
-            let limit = (strict ? maxSize * config.highThreshold / 100 : maxSize) + (strict ? 1 : 2) * engine.blockSize
-            let failed = exports.contains { $0.storage.totalFailures > 0 || (!strict && $0.disk.failedCalls > 0) }
+            // SPEC §4: the allocated size (and the engine's own count of the
+            // room blocks take, `cachedBytes`) never passes the high threshold
+            // (at least one block) by more than one block per request in
+            // flight, every export's cache together (§8). Exact on tmpfs (a
+            // disk file system may allocate metadata too); a hole a failing
+            // cache file could not punch stays.
+            let high = max(engine.blockSize, maxSize * config.highThreshold / 100)
+            let limit = high + engine.blockSize
+            let failed = exports.contains { $0.storage.totalFailures > 0 }
             if onTmpfs && !failed {
                 let now = exports.reduce(0) { $0 + $1.storage.allocatedBytes() }
                 let allocated = max(peak.withLock { $0 }, now)
@@ -649,7 +634,7 @@ final class FuzzRun {
                 }
             }
             let counted = exports.reduce(0) { $0 + $1.engine.cachedBytes }
-            if strict && counted > limit {
+            if counted > limit {
                 throw fail("cachedBytes reached \(counted), over \(limit)")
             }
             peak.withLock { $0 = 0 }
