@@ -209,22 +209,23 @@ final class BlockStore: @unchecked Sendable {
     // MARK: The export's size
 
     /// Sizes the cache for an export of `size` bytes, as a connection opening
-    /// now sees it. Growing keeps every block (none cached whole hides the
-    /// plugin's bytes past the old end: see "Whole blocks"). Shrinking
-    /// forgets what lies past the new end, so a later growth reads the
-    /// plugin's new bytes; a dirty block there is lost with the end of the
-    /// disk, and logged.
+    /// now sees it. Shrinking forgets what lies past the new end, so a later
+    /// growth reads the plugin's new bytes; a dirty block there is lost with
+    /// the end of the disk, and logged. Growing keeps every block but clean
+    /// copies of bytes past the old end (read through a connection that saw
+    /// the export larger, before it shrank): the plugin's bytes there may be
+    /// new. Dirty blocks there (written through such a connection) stay.
     func resize(to size: UInt64) throws(CacheError) {
         let old = exportSize
         guard size != old else { return }
         if size > old {
-            try grow(to: size)
+            try grow(from: old, to: size)
         } else {
             shrink(from: old, to: size)
         }
     }
 
-    private func grow(to size: UInt64) throws(CacheError) {
+    private func grow(from old: UInt64, to size: UInt64) throws(CacheError) {
         let blocks = geometry.blockCount(of: size)
         // Block states (and LRU) cost 3 (5) bits a block: refuse an export
         // whose map would not fit in half of the machine's memory.
@@ -247,6 +248,22 @@ final class BlockStore: @unchecked Sendable {
             }
             s.exportSize = max(s.exportSize, size)
         }
+        let candidates = state.withLock { s in usedOrKnown(from: old >> geometry.shift, in: s) }
+        for run in runs(of: candidates) {
+            let held = lock(run)
+            let stale = state.withLock { s in
+                run.filter { block in
+                    let length = UInt64(s.map.cleanLengths[block] ?? UInt32(geometry.blockSize))
+                    switch s.map[block] {
+                    case .zero: return true
+                    case .clean: return geometry.start(of: block) + length > old
+                    case .notCached, .dirty, .partial, .dirtyZero: return false
+                    }
+                }
+            }
+            debug.blocks("the export grew: clean copies past its old end dropped:", stale)
+            drop(stale, in: held)
+        }
     }
 
     private func shrink(from old: UInt64, to size: UInt64) {
@@ -256,13 +273,7 @@ final class BlockStore: @unchecked Sendable {
         // (waiting for those requests), punched and forgotten.
         let past: [UInt64] = state.withLock { s in
             s.exportSize = size
-            var blocks = Set(s.locks.lockedBlocks(from: first))
-            var from = first
-            while let block = s.map.known(from: from) {
-                blocks.insert(block)
-                from = block + 1
-            }
-            return Array(blocks)
+            return usedOrKnown(from: first, in: s)
         }
         // The new last block, if the new end cuts it: its bytes past the end are gone.
         if size % geometry.blockSize != 0 {
@@ -286,6 +297,18 @@ final class BlockStore: @unchecked Sendable {
             }
             drop(taken, in: held)
         }
+    }
+
+    /// Blocks from `first` on that requests hold (a fill may be in flight)
+    /// or that are in any state but not cached.
+    private func usedOrKnown(from first: UInt64, in s: State) -> [UInt64] {
+        var blocks = Set(s.locks.lockedBlocks(from: first))
+        var from = first
+        while let block = s.map.known(from: from) {
+            blocks.insert(block)
+            from = block + 1
+        }
+        return Array(blocks)
     }
 
     // MARK: Changing blocks (the caller holds them)

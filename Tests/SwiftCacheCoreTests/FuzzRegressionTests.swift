@@ -98,6 +98,23 @@ final class FuzzerFoundDefectTests: EngineTestCase {
         assertBytes(disk.bytes(70_000, 30_000), past, "the plugin's bytes past the new end")
     }
 
+    /// Defect 5 (found once the fuzzer kept older, larger connections open
+    /// across a shrink): such a connection reads the blocks past the new end
+    /// (cache-on-read) as it sees them; when the export grows again with new
+    /// bytes there, the cache must serve the plugin's new bytes, not its copy.
+    func testAGrowthDropsCleanCopiesPastTheOldEnd() throws {
+        let disk = MemoryBackend(size: 300_000, seed: 1)
+        let e = try makeEngine(disk, size: 200_000, mode: .writeback, cacheOnRead: .always)
+        let older = Connection(disk, size: 200_000)
+        try e.setExportSize(30_000)
+        _ = try e.readBytes(0, 200_000, older)  // blocks 0 to 2 whole, block 3 in part
+        let fresh = randomBytes(270_000, seed: 5)
+        disk.poke(fresh, at: 30_000)  // the file grew again, with new bytes
+        try e.reopen(disk, size: 300_000)
+        assertBytes(try e.readBytes(30_000, 270_000, disk), fresh)
+        assertBytes(try e.readBytes(0, 30_000, older), disk.bytes(0, 30_000), "what lies before the old end stays")
+    }
+
     /// Defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
     /// across two blocks of dirty zeroes finds no room, goes to the plugin, and
     /// leaves both blocks taking room (one dirty, one partial): 2 MiB counted,
