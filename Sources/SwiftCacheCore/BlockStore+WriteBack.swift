@@ -126,27 +126,37 @@ extension BlockStore {
 
     /// A write takes bytes `part` of a block of dirty zeroes straight to
     /// the plugin (it found no room): the block's other bytes go to the
-    /// plugin now as zeroes, so that the block can leave the cache rather
+    /// plugin first, as zeroes, so that the block can leave the cache rather
     /// than stay as a partial block, which takes room no one set aside.
     /// Returns whether they did; they cannot when the connection sees only
-    /// some of them, or the plugin fails (then the block stays partial).
-    func writeBackZeroes(around part: Range<UInt32>, of block: UInt64, backend: some Backend) -> Bool {
-        guard case .dirtyZero(let mayTrim) = state(of: block), backend.canWrite else { return false }
+    /// some of them (the block then stays partial). If the plugin fails,
+    /// the block stays as it was and the write must fail.
+    func writeBackZeroes(
+        around part: Range<UInt32>, of block: UInt64, backend: some Backend
+    ) throws(CacheError) -> Bool {
+        guard case .dirtyZero(let mayTrim) = state(of: block) else { return false }
         let start = geometry.start(of: block)
         guard let rest = HeldRanges(0..<UInt32(geometry.blockSize)).removing(part)?.ranges,
             let last = rest.last, start + UInt64(last.upperBound) <= backend.size
         else { return false }
-        do throws(CacheError) {
-            for range in rest {
-                let span = start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)
-                try sendZeroes(span, mayTrim: mayTrim, backend: backend)
-            }
-        } catch {
-            debug("write: the zeroes of block \(block) around what the plugin takes stay in the cache: \(error)")
-            return false
+        for range in rest {
+            let span = start + UInt64(range.lowerBound)..<start + UInt64(range.upperBound)
+            try sendZeroes(span, mayTrim: mayTrim, backend: backend)
         }
         debug.blocks("written back as zeroes, around what the plugin takes:", [block])
         return true
+    }
+
+    /// A write through to the plugin (writethrough, FUA) is about to cover
+    /// part of these blocks: those of dirty zeroes are written back first,
+    /// so the write lands over them and no block needs to keep zeroes
+    /// around what the plugin has. Throws what the plugin said.
+    func writeBackDirtyZeroes(
+        _ blocks: [UInt64], backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
+    ) throws(CacheError) {
+        let zeroes = state.withLock { s in blocks.filter { s.map[$0].isZero && s.map[$0].isDirty } }
+        guard !zeroes.isEmpty else { return }
+        if let error = writeBack(runs(of: zeroes), backend: backend, lockingEach: false) { throw error }
     }
 
     /// Sends zeroes over `span` to the plugin, in requests it accepts.

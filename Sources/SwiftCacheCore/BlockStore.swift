@@ -379,13 +379,16 @@ final class BlockStore: @unchecked Sendable {
     /// cache, or the cache file failed): what the blocks held there is
     /// forgotten (see `BlockMap.release`), and blocks left with nothing
     /// lose their storage. A block of dirty zeroes that `span` covers in
-    /// part writes its other zeroes back first (`writeBackZeroes(around:)`).
+    /// part writes its other zeroes back first (`writeBackZeroes(around:)`);
+    /// if the plugin fails that, nothing changes and this throws.
     func release(
         _ span: Range<UInt64>, of blocks: Range<UInt64>, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
-    ) {
-        let zeroesSent = blocks.filter { block in
-            writeBackZeroes(around: geometry.part(of: block, in: span), of: block, backend: backend)
+    ) throws(CacheError) {
+        var zeroesSent: [UInt64] = []
+        for block in blocks
+        where try writeBackZeroes(around: geometry.part(of: block, in: span), of: block, backend: backend) {
+            zeroesSent.append(block)
         }
         let emptied: [UInt64] = state.withLock { s in
             blocks.filter { block in

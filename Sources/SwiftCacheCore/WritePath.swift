@@ -205,7 +205,7 @@ extension Engine {
         backend: some Backend, in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
         let span = write.bytes(of: run)
-        blocks.release(span, of: run, backend: backend, in: held)
+        try blocks.release(span, of: run, backend: backend, in: held)
         guard !through else { return }
         do {
             try payload.send(write.payloadRange(span), to: backend, at: span.lowerBound, fua: false)
@@ -215,7 +215,8 @@ extension Engine {
     }
 
     /// writethrough, or FUA: the plugin gets the client's bytes as they are,
-    /// one request per client request. Meanwhile the cache stores them as a
+    /// one request per client request (after the blocks of dirty zeroes it
+    /// covers in part are written back, so it lands over them). Meanwhile the cache stores them as a
     /// writeback write would, as dirty. A partly written block the cache
     /// does not hold at all is read from the plugin first in writethrough
     /// (read-modify-write, so the cache keeps what was written), and left
@@ -229,6 +230,7 @@ extension Engine {
         in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
         debug.blocks("write through to the plugin:", write.locked)
+        if !payload.isZeroes { try blocks.writeBackDirtyZeroes(write.edges, backend: backend, in: held) }
         let before = blocks.states(write.locked)
         func stateBefore(_ block: UInt64) -> BlockState { before[Int(block - write.locked.lowerBound)] }
         let unheldEdges = write.edges.filter { stateBefore($0) == .notCached }
@@ -295,7 +297,7 @@ extension Engine {
         // write, and the cache forgets what it held of those bytes.
         if let cacheError {
             debug("write through: the cache file failed (\(cacheError)), the plugin has the bytes")
-            blocks.release(write.request, of: stored, backend: backend, in: held)
+            try blocks.release(write.request, of: stored, backend: backend, in: held)
             return
         }
         blocks.markClean(
