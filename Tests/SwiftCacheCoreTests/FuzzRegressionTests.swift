@@ -131,6 +131,27 @@ final class FuzzerFoundDefectTests: EngineTestCase {
         assertBytes(try e.readBytes(0, 2 * MiB, disk), model)
     }
 
+    /// Defect 4, when the plugin fails the zeroes around the write (found
+    /// by the fuzzer in the first fix, which then kept the partial block
+    /// anyway): the write fails, and the block stays dirty zeroes.
+    func testAWriteWithNoRoomOverDirtyZeroesFailsCleanlyWhenThePluginFails() throws {
+        // FUA: the zeroes are written back before the write; without: the
+        // reclaim that looks for room fails to write block 0 back, then the zeroes around.
+        for fua in [true, false] {
+            let disk = MemoryBackend(size: 3 * MiB, seed: 1)
+            let e = try makeEngine(disk, mode: .writeback, maxSize: MiB, minBlockSize: MiB)
+            try e.zero(count: 2 * MiB, at: 0, fua: false, mayTrim: false, fastZero: false, backend: disk)
+            disk.failNextWrites(fua ? 1 : 2, .noSpace)
+            assertCacheError(.noSpace) { try e.writeBytes(randomBytes(1000, seed: 2), at: MiB - 500, fua: fua, disk) }
+            XCTAssertLessThanOrEqual(e.cachedBytes, MiB, "fua \(fua): one block, which the write had room for")
+            XCTAssertEqual(e.state(ofBlock: 1), .dirtyZero(mayTrim: false), "fua \(fua)")
+            let zeroes = [UInt8](repeating: 0, count: Int(MiB) - 500)
+            assertBytes(try e.readBytes(MiB + 500, Int(MiB) - 500, disk), zeroes, "fua \(fua)")
+            try e.flush(backend: disk)
+            assertBytes(disk.bytes(MiB + 500, Int(MiB) - 500), zeroes, "fua \(fua)")
+        }
+    }
+
     /// Defect 4, with the file's allocated size: a write that finds no
     /// room over a block of dirty zeroes it covers in part sends its bytes to
     /// the plugin and keeps the block's other zeroes as a partial block, which
