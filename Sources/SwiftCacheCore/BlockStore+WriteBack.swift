@@ -257,6 +257,10 @@ extension BlockStore {
                 let target = UnsafeMutableRawBufferPointer(rebasing: staging.bytes[from..<from + blockSpan.count])
                 try assembleHeld(block, into: target, backend: backend)
                 do throws(CacheError) {
+                    // As `keepAssembled`: not completed past the export's end.
+                    guard !reachesPastExportEnd(block, length: target.count) else {
+                        throw CacheError(.invalidArgument, "it reaches past the end of the export")
+                    }
                     try writeGaps(UnsafeRawBufferPointer(target), of: block)
                     state.withLock { $0.map[block] = .dirty }
                 } catch {

@@ -525,12 +525,18 @@ final class BlockStore: @unchecked Sendable {
     /// (this needs room) and becomes dirty if it held dirty zeroes, else
     /// clean. `bytes` may be the first bytes only, of the block holding the
     /// end of the connection's export: a partial block then holds them all,
-    /// a clean one says it holds only them (see "Whole blocks").
+    /// a clean one says it holds only them (see "Whole blocks"). A partial
+    /// block is not completed past the export's end (a connection that saw
+    /// it larger, before it shrank): the plugin's bytes there are not the
+    /// export's, and would pass for written ones.
     func keepAssembled(
         _ bytes: UnsafeRawBufferPointer, as block: UInt64, in held: borrowing HeldBlocks<Exclusive>,
         using reservation: inout Reservation
     ) throws(CacheError) {
         let before = state(of: block)
+        guard before != .partial || !reachesPastExportEnd(block, length: bytes.count) else {
+            throw CacheError(.invalidArgument, "block \(block) reaches past the end of the export: kept partial")
+        }
         try writeGaps(bytes, of: block)
         let length = UInt32(bytes.count), whole = UInt64(bytes.count) == geometry.blockSize
         state.withLock { s in
@@ -542,6 +548,12 @@ final class BlockStore: @unchecked Sendable {
             }
             if limit != nil { s.lru.touch(block..<block + 1) }
         }
+    }
+
+    /// Whether the first `length` bytes of `block` reach past the end of the
+    /// export as the last connection to open saw it.
+    func reachesPastExportEnd(_ block: UInt64, length: Int) -> Bool {
+        geometry.start(of: block) + UInt64(length) > exportSize
     }
 
     /// Writes the bytes of an assembled block that the cache lacks (all of

@@ -115,6 +115,25 @@ final class FuzzerFoundDefectTests: EngineTestCase {
         assertBytes(try e.readBytes(0, 30_000, older), disk.bytes(0, 30_000), "what lies before the old end stays")
     }
 
+    /// Defect 6 (found with defect 5): the new end cuts a block of dirty
+    /// zeroes, which keeps its first bytes as a partial block; a read through
+    /// an older, larger connection completed it from the plugin's bytes past
+    /// the new end and kept it whole, as dirty, so a growth kept those bytes
+    /// and served them instead of the plugin's new ones.
+    func testAPartialBlockIsNotCompletedPastTheExportsEnd() throws {
+        let disk = MemoryBackend(size: 300_000, seed: 1)
+        let e = try makeEngine(disk, size: 200_000, mode: .writeback, cacheOnRead: .always)
+        let older = Connection(disk, size: 200_000)
+        try e.zero(count: 200_000, at: 0, fua: false, mayTrim: false, fastZero: false, backend: older)
+        try e.setExportSize(30_000)
+        assertBytes(try e.readBytes(0, 1000, older), [UInt8](repeating: 0, count: 1000))
+        XCTAssertEqual(e.held(0), [0..<30_000], "not completed past the end")
+        let fresh = randomBytes(270_000, seed: 5)
+        disk.poke(fresh, at: 30_000)  // the file grew again, with new bytes
+        try e.reopen(disk, size: 300_000)
+        assertBytes(try e.readBytes(0, 300_000, disk), [UInt8](repeating: 0, count: 30_000) + fresh)
+    }
+
     /// Defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
     /// across two blocks of dirty zeroes finds no room, goes to the plugin, and
     /// leaves both blocks taking room (one dirty, one partial): 2 MiB counted,
