@@ -114,6 +114,7 @@ extension BlockStore {
         if run.contains(seenInPart) && geometry.start(of: seenInPart) < backend.size {
             span = (reached.isEmpty ? geometry.start(of: seenInPart) : span.lowerBound)..<backend.size
         }
+        guard !span.isEmpty else { return nil }
         do throws(CacheError) { try sendZeroes(span, mayTrim: zeroes == .mayTrim, backend: backend) } catch {
             return error
         }
@@ -206,11 +207,13 @@ extension BlockStore {
                 let staging = try Buffer.allocate(Int(length))
                 try assembleHeld(block, into: staging.bytes, backend: backend)
                 try send(UnsafeRawBufferPointer(staging.bytes), at: start, backend: backend)
-                do throws(CacheError) {
-                    try writeGaps(UnsafeRawBufferPointer(staging.bytes), of: block)
-                    kept = length
-                } catch {
-                    debug("write back: block \(block) not kept: \(error)")
+                if heldEnd <= visible {
+                    do throws(CacheError) {
+                        try writeGaps(UnsafeRawBufferPointer(staging.bytes), of: block)
+                        kept = length
+                    } catch {
+                        debug("write back: block \(block) not kept: \(error)")
+                    }
                 }
             }
             debug.blocks("written back:", [block])
