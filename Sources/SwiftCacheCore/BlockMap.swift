@@ -185,7 +185,11 @@ struct BlockMap {
 
     /// The first clean block in `blocks` that holds fewer bytes than `wanted` says are wanted of it.
     func firstCleanInPart(in blocks: Range<UInt64>, wanted: (UInt64) -> UInt64) -> UInt64? {
-        cleanLengths.filter { blocks.contains($0.key) && UInt64($0.value) < wanted($0.key) }.keys.min()
+        var first: UInt64?
+        for (block, length) in cleanLengths where blocks.contains(block) && UInt64(length) < wanted(block) {
+            first = min(first ?? block, block)
+        }
+        return first
     }
 
     /// A write is about to change a clean block that holds only its first
