@@ -192,11 +192,11 @@ struct BlockMap {
         return first
     }
 
-    /// A write is about to change a clean block that holds only its first
-    /// bytes: it becomes a partial block holding them, so what the write
-    /// keeps joins them (the block would otherwise claim all its bytes).
-    mutating func holdCleanPart(_ block: UInt64) {
-        guard let length = cleanLengths[block] else { return }
+    /// A write is about to change a clean block of which only the first
+    /// `length` bytes may count: it becomes a partial block holding them, so
+    /// what the write keeps joins them (the block would otherwise claim all
+    /// its bytes as written).
+    mutating func holdCleanPart(_ block: UInt64, length: UInt32) {
         self[block] = .partial
         partials[block] = HeldRanges(0..<length)
     }

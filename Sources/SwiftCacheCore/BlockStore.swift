@@ -432,17 +432,36 @@ final class BlockStore: @unchecked Sendable {
         }
     }
 
-    /// A write is about to change `blocks`: a clean block holding only its
-    /// first bytes becomes a partial block holding them, so what the write
-    /// keeps joins them (`BlockMap.holdCleanPart`); `through` (the plugin
-    /// gets the write), such a block is dropped instead.
+    /// A write is about to change `blocks`. A clean block (or known zeroes)
+    /// only the first bytes of which may pass for the export's, because it
+    /// holds no more (`BlockMap.setClean`) or because it reaches past the
+    /// export's end (read through a connection that saw the export larger,
+    /// before it shrank), keeps only those: as a partial block holding them,
+    /// so that what the write keeps joins them and the rest never passes for
+    /// written bytes (`BlockMap.holdCleanPart`); known zeroes, blocks with
+    /// none such bytes and, `through` (the plugin gets the write), every one
+    /// of them are dropped instead.
     func prepareCleanParts(_ blocks: Range<UInt64>, through: Bool, in held: borrowing HeldBlocks<Exclusive>) {
-        let inPart: [UInt64] = state.withLock { s in
-            let found = s.map.cleanLengths.keys.filter { blocks.contains($0) }
-            if !through { for block in found { s.map.holdCleanPart(block) } }
-            return found
+        let dropped: [UInt64] = state.withLock { s in
+            let firstPast = min(max(s.exportSize >> geometry.shift, blocks.lowerBound), blocks.upperBound)
+            let pastEnd = firstPast..<blocks.upperBound
+            var dropped: [UInt64] = []
+            for block in Set(s.map.cleanLengths.keys.filter { blocks.contains($0) } + Array(pastEnd)) {
+                let state = s.map[block]
+                guard state == .clean || state == .zero else { continue }
+                let start = geometry.start(of: block)
+                let inExport = s.exportSize > start ? min(geometry.blockSize, s.exportSize - start) : 0
+                let length = min(UInt64(s.map.cleanLengths[block] ?? UInt32(geometry.blockSize)), inExport)
+                guard length < geometry.blockSize else { continue }
+                if through || state == .zero || length == 0 {
+                    dropped.append(block)
+                } else {
+                    s.map.holdCleanPart(block, length: UInt32(length))
+                }
+            }
+            return dropped
         }
-        if through { drop(inPart, in: held) }
+        drop(dropped, in: held)
     }
 
     /// Marks dirty blocks clean once the plugin holds what they hold.

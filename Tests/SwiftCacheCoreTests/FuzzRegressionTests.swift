@@ -134,6 +134,31 @@ final class FuzzerFoundDefectTests: EngineTestCase {
         assertBytes(try e.readBytes(0, 300_000, disk), [UInt8](repeating: 0, count: 30_000) + fresh)
     }
 
+    /// Defect 7 (found with the fix of 6): an older, larger connection reads
+    /// a block the new end cuts, whole as it sees it (clean); a write into
+    /// it made it dirty whole, the plugin's bytes past the new end with it,
+    /// and a growth kept them instead of the plugin's new ones.
+    func testAWriteIntoACleanCopyPastTheEndDoesNotMakeThatCopyWritten() throws {
+        for fua in [false, true] {
+            let disk = MemoryBackend(size: 300_000, seed: 1)
+            let e = try makeEngine(disk, size: 200_000, mode: .writeback, cacheOnRead: .always)
+            let older = Connection(disk, size: 200_000), smaller = Connection(disk, size: 30_000)
+            try e.setExportSize(30_000)
+            _ = try e.readBytes(0, Int(B), older)
+            XCTAssertEqual(e.state(ofBlock: 0), .clean)
+            var model = disk.bytes(0, 30_000)
+            let data = randomBytes(100, seed: 3)
+            try e.writeBytes(data, at: 1000, fua: fua, smaller)
+            model.replaceSubrange(1000..<1100, with: data)
+            let fresh = randomBytes(270_000, seed: 5)
+            disk.poke(fresh, at: 30_000)  // the file grew again, with new bytes
+            try e.reopen(disk, size: 300_000)
+            assertBytes(try e.readBytes(0, 300_000, disk), model + fresh, "fua \(fua)")
+            try e.flush(backend: disk)
+            assertBytes(disk.bytes(0, 300_000), model + fresh, "fua \(fua): the plugin")
+        }
+    }
+
     /// Defect 4: with cache-max-size=1M and 1 MiB blocks, a FUA write
     /// across two blocks of dirty zeroes finds no room, goes to the plugin, and
     /// leaves both blocks taking room (one dirty, one partial): 2 MiB counted,
