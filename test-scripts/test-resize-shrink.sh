@@ -90,6 +90,51 @@ for mode in writeback writethrough; do
     assert_no_crash_in "$tmp/cut-$mode.log"
 done
 
+# An older connection that still sees the file at its old size writes past
+# the new end (its whole last 64K block as it sees it, and the block after),
+# the file grows back with new bytes, and a new connection opens: the older
+# one must read its own write back, and its flush must put it in the file.
+# (Before the fix, the growth cut the older connection's dirty block at the
+# shrunk end, and it read the file's new bytes instead of its write.)  The
+# file plugin fails reads past the end of the file, so what an older
+# connection reads there is checked by the unit tests only.
+cat >"$tmp/grow.py" <<'EOF_PY'
+import nbd, sys, os, random
+uri, disk = sys.argv[1:3]
+fails = []
+a = nbd.NBD(); a.connect_uri(uri)
+os.truncate(disk, 70000)
+b = nbd.NBD(); b.connect_uri(uri)
+mine = random.Random(7).randbytes(100000 - 65536)
+a.pwrite(mine, 65536)
+with open(disk, "ab") as f:
+    f.write(random.Random(8).randbytes(200000 - 70000))
+c = nbd.NBD(); c.connect_uri(uri)
+if a.pread(len(mine), 65536) != mine:
+    fails.append("the older connection does not read its own write back after the file grew")
+a.flush()
+if open(disk, "rb").read()[65536:100000] != mine:
+    fails.append("the older connection's flush did not put its write in the file")
+for h in (a, b, c):
+    h.shutdown()
+for f in fails: print("FAIL:", f)
+sys.exit(1 if fails else 0)
+EOF_PY
+
+for mode in writeback writethrough; do
+    disk=$tmp/grow-$mode
+    make_random_file "$disk" 100000 43
+    start_nbdkit grow-$mode --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
+    if py "$tmp/grow.py" "$uri" "$disk"; then
+        ok "cache=$mode: an older connection's write past a shrunk end survives the growth"
+    else
+        bad "cache=$mode: a shrink and growth with an older connection open lost or hid data"
+    fi
+    assert_alive grow-$mode
+    stop_nbdkit grow-$mode
+    assert_no_crash_in "$tmp/grow-$mode.log"
+done
+
 for mode in writeback writethrough; do
     disk=$tmp/disk-$mode
     make_random_file "$disk" $((1024 * K)) 41
