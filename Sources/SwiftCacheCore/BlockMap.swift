@@ -185,6 +185,7 @@ struct BlockMap {
 
     /// The first clean block in `blocks` that holds fewer bytes than `wanted` says are wanted of it.
     func firstCleanInPart(in blocks: Range<UInt64>, wanted: (UInt64) -> UInt64) -> UInt64? {
+        guard !cleanLengths.isEmpty else { return nil }
         var first: UInt64?
         for (block, length) in cleanLengths where blocks.contains(block) && UInt64(length) < wanted(block) {
             first = min(first ?? block, block)
