@@ -172,15 +172,16 @@ struct BlockMap {
                     dirtyCount -= 1
                 }
             }
-            if newValue != .partial { partials[block] = nil }
-            if newValue != .clean { cleanLengths[block] = nil }
+            // (Most maps have neither: no hashing then.)
+            if newValue != .partial, !partials.isEmpty { partials[block] = nil }
+            if newValue != .clean, !cleanLengths.isEmpty { cleanLengths[block] = nil }
         }
     }
 
     /// Records a clean block holding its first `length` bytes (nil: all of them).
     mutating func setClean(_ block: UInt64, length: UInt32?) {
         self[block] = .clean
-        cleanLengths[block] = length
+        if length != nil || !cleanLengths.isEmpty { cleanLengths[block] = length }
     }
 
     /// The first clean block in `blocks` that holds fewer bytes than `wanted` says are wanted of it.
