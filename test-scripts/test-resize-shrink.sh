@@ -17,6 +17,22 @@ set -euo pipefail
 
 K=1024
 
+# in_each_mode NAME SIZE SEED GOOD BAD: $tmp/NAME.py over a SIZE-byte random
+# file (seed SEED), served through the filter with cache-on-read, in
+# writeback and in writethrough.
+in_each_mode() {
+    local name=$1 size=$2 seed=$3 good=$4 failed=$5 mode disk
+    for mode in writeback writethrough; do
+        disk=$tmp/$name-$mode
+        make_random_file "$disk" "$size" "$seed"
+        start_nbdkit "$name-$mode" --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
+        if py "$tmp/$name.py" "$uri" "$disk"; then ok "cache=$mode: $good"; else bad "cache=$mode: $failed"; fi
+        assert_alive "$name-$mode"
+        stop_nbdkit "$name-$mode"
+        assert_no_crash_in "$tmp/$name-$mode.log"
+    done
+}
+
 cat >"$tmp/t.py" <<'EOF_PY'
 import nbd, sys, os, random
 uri, disk = sys.argv[1:3]
@@ -76,19 +92,7 @@ if data[66000:66010] != b"X" * 10:
     print("FAIL: the older connection's write is not in the file"); sys.exit(1)
 EOF_PY
 
-for mode in writeback writethrough; do
-    disk=$tmp/cut-$mode
-    make_random_file "$disk" 100000 42
-    start_nbdkit cut-$mode --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
-    if py "$tmp/cut.py" "$uri" "$disk"; then
-        ok "cache=$mode: a cut inside a block keeps the file at its new size"
-    else
-        bad "cache=$mode: the bytes cut off came back"
-    fi
-    assert_alive cut-$mode
-    stop_nbdkit cut-$mode
-    assert_no_crash_in "$tmp/cut-$mode.log"
-done
+in_each_mode cut 100000 42 "a cut inside a block keeps the file at its new size" "the bytes cut off came back"
 
 # An older connection that still sees the file at its old size writes past
 # the new end (its whole last 64K block as it sees it, and the block after),
@@ -121,31 +125,9 @@ for f in fails: print("FAIL:", f)
 sys.exit(1 if fails else 0)
 EOF_PY
 
-for mode in writeback writethrough; do
-    disk=$tmp/grow-$mode
-    make_random_file "$disk" 100000 43
-    start_nbdkit grow-$mode --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
-    if py "$tmp/grow.py" "$uri" "$disk"; then
-        ok "cache=$mode: an older connection's write past a shrunk end survives the growth"
-    else
-        bad "cache=$mode: a shrink and growth with an older connection open lost or hid data"
-    fi
-    assert_alive grow-$mode
-    stop_nbdkit grow-$mode
-    assert_no_crash_in "$tmp/grow-$mode.log"
-done
+in_each_mode grow 100000 43 "an older connection's write past a shrunk end survives the growth" \
+    "a shrink and growth with an older connection open lost or hid data"
 
-for mode in writeback writethrough; do
-    disk=$tmp/disk-$mode
-    make_random_file "$disk" $((1024 * K)) 41
-    start_nbdkit $mode --filter="$FILTER" file "$disk" cache=$mode cache-on-read=true
-    if py "$tmp/t.py" "$uri" "$disk"; then
-        ok "cache=$mode: after shrink and growth the new bytes are read"
-    else
-        bad "cache=$mode: stale data after the export shrank and grew again"
-    fi
-    assert_alive $mode
-    stop_nbdkit $mode
-    assert_no_crash_in "$tmp/$mode.log"
-done
+in_each_mode t $((1024 * K)) 41 "after shrink and growth the new bytes are read" \
+    "stale data after the export shrank and grew again"
 finish
