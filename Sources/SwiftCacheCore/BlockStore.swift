@@ -385,8 +385,10 @@ final class BlockStore: @unchecked Sendable {
         _ span: Range<UInt64>, of blocks: Range<UInt64>, backend: some Backend,
         in held: borrowing HeldBlocks<Exclusive>
     ) throws(CacheError) {
+        guard !blocks.isEmpty else { return }
+        // Only the first and the last block can be covered in part.
         var zeroesSent: [UInt64] = []
-        for block in blocks
+        for block in Set([blocks.lowerBound, blocks.upperBound - 1])
         where try writeBackZeroes(around: geometry.part(of: block, in: span), of: block, backend: backend) {
             zeroesSent.append(block)
         }
